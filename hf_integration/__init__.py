@@ -1,0 +1,1 @@
+"""Hugging Face transformers and Hub integration for pareto-prune."""

@@ -1,0 +1,1 @@
+"""Pareto neuron pruning for unlearning in Llama-family language models."""
