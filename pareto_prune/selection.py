@@ -101,13 +101,16 @@ class Selection:
         }
 
 
-def analyze_layer(scores: LayerScores, max_fronts: int | None = None) -> LayerAnalysis:
+def analyze_layer_scores(scores: LayerScores, max_fronts: int | None = None) -> LayerAnalysis:
     """Rank one layer's neurons into fronts and measure its first front's hypervolume and knee."""
     ranks = non_dominated_ranks(scores.retain, scores.forget, max_fronts=max_fronts)
     if ranks.size == 0:
         return LayerAnalysis(scores, ranks, [], 0.0, None)
 
     front_sizes = np.bincount(ranks)[1:].tolist()
+    if max_fronts is not None:
+        # Neurons past the last ranked front share rank max_fronts + 1; they are not a front.
+        front_sizes = front_sizes[:max_fronts]
     first = np.flatnonzero(ranks == 1)
     hypervolume = hypervolume_2d(scores.retain[first], scores.forget[first], reference=REFERENCE_POINT)
     knee = int(first[knee_index(scores.retain[first], scores.forget[first])])
@@ -118,10 +121,14 @@ def _order_by_front_and_knee(layer: LayerAnalysis, limit: int) -> np.ndarray:
     """Return up to ``limit`` neurons: front 1 first, and within a front nearest its knee first."""
     chosen: list[np.ndarray] = []
     taken = 0
-    for rank in range(1, len(layer.front_sizes) + 1):
+    # The extra rank past the last front holds unranked neurons (when max_fronts is set);
+    # they come last, ordered by distance to the knee of that group.
+    for rank in range(1, len(layer.front_sizes) + 2):
         if taken >= limit:
             break
         members = np.flatnonzero(layer.ranks == rank)
+        if members.size == 0:
+            continue
         retain, forget = layer.scores.retain[members], layer.scores.forget[members]
         knee = knee_index(retain, forget)
         distance = np.hypot(retain - retain[knee], forget - forget[knee])
@@ -183,7 +190,7 @@ def select_neurons(scores: list[LayerScores], config: PruningConfig) -> Selectio
     Returns:
         A :class:`Selection` whose masks hold ``False`` at pruned neurons.
     """
-    layers = [analyze_layer(layer, config.max_fronts) for layer in scores]
+    layers = [analyze_layer_scores(layer, config.max_fronts) for layer in scores]
 
     if config.strategy == "hypervolume_budget":
         _select_hypervolume_budget(layers, config)
