@@ -97,6 +97,10 @@ def _add_format_arguments(parser: argparse.ArgumentParser) -> None:
         "--plain-template", default=DEFAULT_PLAIN_TEMPLATE,
         help="Prompt for tokenizers without a chat template; must contain {question} (default: %(default)r).",
     )
+    group.add_argument(
+        "--answer-suffix", default=None, metavar="TEXT",
+        help="Text after the answer with --plain-template. An empty string adds none (default: the tokenizer's EOS token).",
+    )
     group.add_argument("--max-length", type=int, default=DEFAULTS.max_length, metavar="TOKENS",
                        help="Maximum tokens per sample; longer answers are cut (default: %(default)s).")
     group.add_argument(
@@ -117,10 +121,15 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Fraction of all MLP neurons to prune, in (0, 1) (default: %(default)s).")
     group.add_argument("--max-layer-fraction", type=float, default=DEFAULTS.max_layer_fraction, metavar="FRACTION",
                        help="Maximum fraction of one layer's neurons to prune, in (0, 1] (default: %(default)s).")
+    group.add_argument("--max-fronts", type=int, default=DEFAULTS.max_fronts, metavar="N",
+                       help="Number of Pareto fronts to rank per layer. Neurons past them share the last rank (default: all fronts).")
     group.add_argument("--statistic", choices=STATISTIC_NAMES, default=DEFAULTS.statistic,
                        help="Per-neuron importance on each set (default: %(default)s).")
     group.add_argument("--normalization", choices=NORMALIZATIONS, default=DEFAULTS.normalization,
                        help="How retain and forget importance are scaled to compare layers (default: %(default)s).")
+    group.add_argument("--rounds", type=int, default=DEFAULTS.rounds, metavar="K",
+                       help="Scan-and-prune rounds; with K > 1 each round prunes 1/K of the budget and the "
+                       "next scans the pruned model again (prune only; default: %(default)s).")
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="Seed for data sampling and the random strategy (default: %(default)s).")
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_integration.loading import DTYPES, load_model_and_tokenizer
 from pareto_prune.data import TextFormat
 from pareto_prune.tofu_eval import (
     EVAL_FILENAME,
@@ -24,7 +24,6 @@ from pareto_prune.tofu_eval import (
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SYSTEM_PROMPT = TextFormat().system_prompt
 
 
@@ -38,7 +37,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
             "and TOFU_SUMMARY.json (headline metrics) in Open-Unlearning's layout."
         ),
     )
-    parser.add_argument("--model", required=True, help="Local model directory or Hugging Face Hub id.")
+    parser.add_argument(
+        "--model", default=None,
+        help="Local model directory or Hugging Face Hub id (default: SmolLM2-135M-Instruct, the embedded base model).",
+    )
     parser.add_argument(
         "--forget-split",
         choices=FORGET_SPLITS,
@@ -115,18 +117,6 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _load_model_and_tokenizer(model: str, dtype: str, device: str | None):
-    """Load a causal LM and its tokenizer, and set the EOS token as pad token if the tokenizer has none."""
-    placement = {"device_map": "auto"} if device == "auto" else {}
-    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype], **placement)
-    if device not in (None, "auto"):
-        loaded.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return loaded, tokenizer
-
-
 def _check_arguments(args: argparse.Namespace) -> None:
     for name in ("max_samples", "batch_size", "max_new_tokens"):
         value = getattr(args, name)
@@ -167,8 +157,7 @@ def run_eval(args: argparse.Namespace) -> int:
     _check_arguments(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    # TODO: replace with the shared loader hf_integration.loading.load_model_and_tokenizer (same arguments).
-    model, tokenizer = _load_model_and_tokenizer(args.model, args.dtype, device)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, device)
 
     text_format = TextFormat(
         system_prompt=args.system_prompt or None,

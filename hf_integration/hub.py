@@ -21,7 +21,7 @@ from pareto_prune.masking import MASKS_FILENAME
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload model pruned with pareto-prune"
-# Any one of these is enough to count as model weights; sharded checkpoints have an index file.
+# Any one of these counts as model weights. Sharded checkpoints have an index file.
 WEIGHTS_FILENAMES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -132,6 +132,9 @@ def push_pruned_folder(
     if revision is not None and not revision.startswith("refs/"):
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
 
+    # NOTE: with hf_xet installed, huggingface_hub uploads LFS-mode files (weights, masks, plots)
+    # through Xet storage. The tests cover the Git LFS path and the Xet pipeline with regular
+    # files only, because the local test server does not implement Xet storage.
     file_count = sum(1 for path in folder.rglob("*") if path.is_file())
     logger.info("Uploading %d files from %s to %s/%s", file_count, folder, endpoint, repo_id)
     commit = api.upload_folder(

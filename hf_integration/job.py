@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from hf_integration.output_dir import check_output_dir, staged_directory
 from pareto_prune.data import QAPair, load_qa_sources
 from pareto_prune.masking import prune_neurons
 from pareto_prune.metrics import answer_probabilities, greedy_rouge_recall
-from pareto_prune.pipeline import scan_pairs, select_from_statistics
+from pareto_prune.pipeline import prune_model, scan_pairs, select_from_statistics
+from pareto_prune.selection import Selection
 from pareto_prune.statistics import NeuronStatistics
 
 logger = logging.getLogger(__name__)
@@ -152,11 +154,11 @@ def _scan_both(model, tokenizer, forget, retain, config, options: JobOptions) ->
     return statistics[0], statistics[1]
 
 
-def _prune_and_write(model, tokenizer, target: Path, forget_stats, retain_stats, config, options, check_samples) -> JobResult:
+def _prune_and_write(model, tokenizer, target: Path, prune: Callable[[], Selection], config, options, check_samples) -> JobResult:
+    """Measure, prune with ``prune`` (which changes the model in place), measure again and write."""
     before = _measure(model, tokenizer, check_samples, config, options) if check_samples else None
 
-    selection = select_from_statistics(forget_stats, retain_stats, config)
-    prune_neurons(model, selection.masks)
+    selection = prune()
     config.pruned_per_layer = selection.pruned_per_layer
     config.forget_sources, config.retain_sources = list(options.forget), list(options.retain)
 
@@ -168,6 +170,15 @@ def _prune_and_write(model, tokenizer, target: Path, forget_stats, retain_stats,
     with staged_directory(target) as staging:
         write_pruned_checkpoint(model, tokenizer, staging, selection, config, report, base_model=options.model)
     return JobResult(target, report, check)
+
+
+def _select_and_prune(model, forget_stats, retain_stats, config) -> Callable[[], Selection]:
+    def prune() -> Selection:
+        selection = select_from_statistics(forget_stats, retain_stats, config)
+        prune_neurons(model, selection.masks)
+        return selection
+
+    return prune
 
 
 def run_prune(options: JobOptions, config: ParetoPruningConfig | None = None) -> JobResult:
@@ -185,8 +196,16 @@ def run_prune(options: JobOptions, config: ParetoPruningConfig | None = None) ->
     if options.check_samples > 0:
         samples = {"forget": _check_sample(forget, options.check_samples), "retain": _check_sample(retain, options.check_samples)}
 
+    if config.rounds > 1:
+        # Iterative runs scan again after each round, so they cannot reuse saved statistics.
+        def prune() -> Selection:
+            return prune_model(model, tokenizer, forget, retain, config, options.batch_size).selection
+
+        return _prune_and_write(model, tokenizer, target, prune, config, options, samples)
+
     forget_stats, retain_stats = _scan_both(model, tokenizer, forget, retain, config, options)
-    return _prune_and_write(model, tokenizer, target, forget_stats, retain_stats, config, options, samples)
+    prune = _select_and_prune(model, forget_stats, retain_stats, config)
+    return _prune_and_write(model, tokenizer, target, prune, config, options, samples)
 
 
 def run_scan(options: JobOptions, config: ParetoPruningConfig | None = None) -> Path:
@@ -232,7 +251,7 @@ def run_select(statistics_dir: str | Path, options: JobOptions, config: ParetoPr
     """
     forget_stats, retain_stats, record = load_scan(statistics_dir)
     config = config or ParetoPruningConfig()
-    for name in ("token_scope", "system_prompt", "use_chat_template", "chat_template_kwargs", "plain_template", "max_length"):
+    for name in ("token_scope", "system_prompt", "use_chat_template", "chat_template_kwargs", "plain_template", "answer_suffix", "max_length"):
         setattr(config, name, record["options"][name])
     options.model = record["model"]
     options.forget, options.retain = record["forget_sources"], record["retain_sources"]
@@ -244,4 +263,5 @@ def run_select(statistics_dir: str | Path, options: JobOptions, config: ParetoPr
     if options.check_samples > 0:
         forget, retain = _load_sets(options, config.seed)
         samples = {"forget": _check_sample(forget, options.check_samples), "retain": _check_sample(retain, options.check_samples)}
-    return _prune_and_write(model, tokenizer, target, forget_stats, retain_stats, config, options, samples)
+    prune = _select_and_prune(model, forget_stats, retain_stats, config)
+    return _prune_and_write(model, tokenizer, target, prune, config, options, samples)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,7 @@ BASE_TAGS = ("unlearning", "pruning", "pareto-prune")
 TOFU_TAG = "tofu"
 
 _MARKER_PREFIX = "<!-- pareto-prune model card, sha256="
-_MARKER_PATTERN = re.compile(r"\n<!-- pareto-prune model card, sha256=([0-9a-f]{64}) -->\n\Z")
-# Hub repo ids: "name" or "namespace/name", letters, digits, "-", "_" and ".".
-_REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_MARKER_PATTERN = re.compile("\n" + re.escape(_MARKER_PREFIX) + r"([0-9a-f]{64}) -->\n\Z")
 
 
 def find_template() -> Path:
@@ -87,7 +86,7 @@ def build_model_card(
         datasets: Hub dataset ids to list in addition to ``locuslab/TOFU``, which is added
             when a forget or retain source starts with ``tofu:``.
         repo_id: Repo id that the card is published under. It names the model and appears in
-            the loading examples; without it they show a placeholder.
+            the loading examples, which show a placeholder path without it.
 
     Raises:
         ValueError: if ``pruning_info`` records no pruned counts and ``report`` has none either,
@@ -167,7 +166,7 @@ def write_model_card(
     Arguments left as ``None`` are read from the directory: ``pruning_info`` from the
     ``pareto_pruning`` entry of config.json, ``report`` from pruning_report.json and
     ``eval_results`` from TOFU_SUMMARY.json (each when present), and ``base_model`` from
-    ``pruning_info["base_model"]`` (when present). All arguments are passed to
+    ``pruning_info["base_model"]`` (when present). The card is then built by
     :func:`build_model_card`.
 
     An existing README.md is replaced only if it is an unedited card from this function.
@@ -221,7 +220,7 @@ def read_pruning_info(directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if config.json does not exist.
-        ValueError: if config.json is not valid JSON or has no ``pareto_pruning`` object.
+        ValueError: if config.json is not a JSON object or has no ``pareto_pruning`` object.
     """
     config_path = Path(directory) / CONFIG_FILENAME
     if not config_path.is_file():
@@ -229,11 +228,7 @@ def read_pruning_info(directory: str | Path) -> dict[str, Any]:
             f"{config_path} not found. Save the pruned model into {directory} first, so that its "
             f"config.json contains the '{PRUNING_CONFIG_KEY}' entry."
         )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from error
-    pruning_info = config.get(PRUNING_CONFIG_KEY) if isinstance(config, dict) else None
+    pruning_info = _read_json_object(config_path).get(PRUNING_CONFIG_KEY)
     if not isinstance(pruning_info, dict):
         raise ValueError(
             f"{config_path} has no '{PRUNING_CONFIG_KEY}' object, so {directory} is not a pareto-prune "
@@ -252,8 +247,10 @@ def is_generated_card(text: str) -> bool:
 
 
 def is_hub_repo_id(value: str) -> bool:
-    """Return whether ``value`` is shaped like a Hub repo id and is not an existing local path."""
-    if not _REPO_ID_PATTERN.match(value) or ".." in value or len(value) > 96:
+    """Return whether ``value`` passes huggingface_hub's repo id check and is not an existing local path."""
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
         return False
     return not Path(value).expanduser().exists()
 

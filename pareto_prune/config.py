@@ -62,6 +62,8 @@ class PruningConfig:
             pruned, in (0, 1]. Default 0.1.
         max_fronts: Number of fronts to rank per layer; neurons past it share the last rank.
             ``None`` (default) ranks all fronts.
+        rounds: Scan-and-prune rounds. With k > 1, each round prunes another 1/k of the
+            budget and the next round scans the pruned model again. Default 1.
         seed: Seed for the ``random`` strategy and for sampling the data. Default 0.
     """
 
@@ -80,6 +82,7 @@ class PruningConfig:
     budget: float = 0.02
     max_layer_fraction: float = 0.1
     max_fronts: int | None = None
+    rounds: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +96,8 @@ class PruningConfig:
             raise ValueError(f"max_layer_fraction must be in (0, 1], got {self.max_layer_fraction}.")
         if self.max_fronts is not None and self.max_fronts < 1:
             raise ValueError(f"max_fronts must be at least 1 or None, got {self.max_fronts}.")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}.")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}.")
         self.text_format()  # validates the text-format options

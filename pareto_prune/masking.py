@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -126,12 +127,16 @@ def load_masks(path: str | Path) -> Masks:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if a tensor in the file is not a 1-D bool vector.
+        ValueError: if the file is not in safetensors format, or a tensor in it is not a
+            1-D bool vector.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Mask file {path} not found; it is written next to the pruned weights as {MASKS_FILENAME}.")
-    masks = load_file(str(path))
+    try:
+        masks = load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a safetensors mask file ({error}). Write masks with save_masks.") from error
     for key, mask in masks.items():
         if mask.dtype != torch.bool or mask.dim() != 1:
             raise ValueError(f"{path}: entry {key!r} is {mask.dtype} of shape {tuple(mask.shape)}, expected a 1-D bool vector.")

@@ -6,6 +6,7 @@ saving, reports and plots around :func:`prune_model`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,11 +78,18 @@ def scan_pairs(
 
 
 def select_from_statistics(
-    forget: NeuronStatistics, retain: NeuronStatistics, config: PruningConfig
+    forget: NeuronStatistics,
+    retain: NeuronStatistics,
+    config: PruningConfig,
+    pruned_before: dict | None = None,
 ) -> Selection:
-    """Score neurons from saved statistics and select those to prune (no model needed)."""
+    """Score neurons from saved statistics and select those to prune (no model needed).
+
+    ``pruned_before`` holds the masks of earlier rounds in an iterative run; see
+    :func:`pareto_prune.selection.select_neurons`.
+    """
     scores = layer_scores(retain, forget, statistic=config.statistic, normalization=config.normalization)
-    return select_neurons(scores, config)
+    return select_neurons(scores, config, pruned_before)
 
 
 def prune_model(
@@ -94,6 +102,10 @@ def prune_model(
 ) -> PruningResult:
     """Scan, select and prune ``model`` in place.
 
+    With ``config.rounds`` = k > 1 the run is iterative, as in selective pruning: scan,
+    prune 1/k of the budget, scan the pruned model again, and repeat k times. The returned
+    statistics are those of the last round.
+
     The model's gated-MLP weights of the selected neurons are set to zero (see
     :func:`pareto_prune.masking.prune_neurons`); everything else is unchanged.
 
@@ -102,8 +114,15 @@ def prune_model(
         statistics.
     """
     config = config or PruningConfig()
-    forget = scan_pairs(model, tokenizer, forget_pairs, config, batch_size, description="forget scan")
-    retain = scan_pairs(model, tokenizer, retain_pairs, config, batch_size, description="retain scan")
-    selection = select_from_statistics(forget, retain, config)
-    prune_neurons(model, selection.masks)
+    masks = None
+    budget = config.budget
+    for round_index in range(1, config.rounds + 1):
+        forget = scan_pairs(model, tokenizer, forget_pairs, config, batch_size, description=f"forget scan {round_index}/{config.rounds}")
+        retain = scan_pairs(model, tokenizer, retain_pairs, config, batch_size, description=f"retain scan {round_index}/{config.rounds}")
+        # Each round raises the cumulative budget by an equal slice.
+        round_config = dataclasses.replace(config, budget=budget * round_index / config.rounds)
+        selection = select_from_statistics(forget, retain, round_config, pruned_before=masks)
+        prune_neurons(model, selection.masks)
+        masks = selection.masks
+    selection.strategy = config.strategy
     return PruningResult(selection, forget, retain, config)

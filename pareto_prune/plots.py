@@ -29,11 +29,11 @@ def _draw_layer(axes, layer: LayerAnalysis) -> None:
         members = np.flatnonzero(layer.ranks == rank)
         members = members[np.argsort(retain[members], kind="stable")]
         axes.plot(retain[members], forget[members], "-o", ms=2.5, lw=1, color=colors[rank - 1], label=f"front {rank}")
-    if layer.pruned.size:
-        axes.scatter(retain[layer.pruned], forget[layer.pruned], s=14, facecolors="none", edgecolors="tab:red", label="pruned")
+    if layer.all_pruned.size:
+        axes.scatter(retain[layer.all_pruned], forget[layer.all_pruned], s=14, facecolors="none", edgecolors="tab:red", label="pruned")
     if layer.knee is not None:
         axes.scatter([retain[layer.knee]], [forget[layer.knee]], marker="*", s=120, c="orange", edgecolors="black", label="knee", zorder=5)
-    axes.set_title(f"{_layer_label(layer.key)}: {layer.pruned.size} pruned, HV {layer.hypervolume:.3f}", fontsize=9)
+    axes.set_title(f"{_layer_label(layer.key)}: {layer.all_pruned.size} pruned, HV {layer.hypervolume:.3f}", fontsize=9)
     axes.set_xlabel("R (retain importance, normalised)")
     axes.set_ylabel("F (forget importance, normalised)")
 
@@ -51,7 +51,7 @@ def plot_layer(layer: LayerAnalysis, path: str | Path) -> None:
 def plot_pruned_per_layer(selection: Selection, path: str | Path) -> None:
     """Write a bar chart of pruned neurons per layer, with each layer's budget as a marker."""
     labels = [_layer_label(layer.key) for layer in selection.layers]
-    pruned = [layer.pruned.size for layer in selection.layers]
+    pruned = [layer.all_pruned.size for layer in selection.layers]
     figure, axes = plt.subplots(figsize=(max(6, 0.3 * len(labels)), 4))
     positions = np.arange(len(labels))
     axes.bar(positions, pruned, color="tab:red", label="pruned")

@@ -120,12 +120,20 @@ def _shard(batches: Sequence[Batch]) -> tuple[list[int], int, int]:
     return list(range(rank, len(batches), world)), rank, world
 
 
-def _load_checkpoint(path: Path, fingerprint: str, statistics: NeuronStatistics) -> int:
+def _load_checkpoint(path: Path, fingerprint: str, statistics: NeuronStatistics, world_size: int = 1) -> int:
     loaded, metadata = NeuronStatistics.load(path)
     if metadata.get("fingerprint") != fingerprint:
         raise ValueError(
             f"Checkpoint {path} was written for other data, token scope or batch size. "
             "Run with the same options as the interrupted scan, or delete the checkpoint to start over."
+        )
+    # batches_done counts this rank's share of the batches, which depends on the world size.
+    # Checkpoints written before the world size was recorded came from single-process scans.
+    saved_world_size = int(metadata.get("world_size", "1"))
+    if saved_world_size != world_size:
+        raise ValueError(
+            f"Checkpoint {path} was written by a scan with {saved_world_size} processes, but this scan has "
+            f"{world_size}. Resume with {saved_world_size} processes, or delete the checkpoint to start over."
         )
     if loaded.sizes != statistics.sizes:
         raise ValueError(f"Checkpoint {path} was written for a model with other MLPs; delete it to start over.")
@@ -133,9 +141,12 @@ def _load_checkpoint(path: Path, fingerprint: str, statistics: NeuronStatistics)
     return int(metadata["batches_done"])
 
 
-def _save_checkpoint(path: Path, statistics: NeuronStatistics, fingerprint: str, batches_done: int) -> None:
+def _save_checkpoint(
+    path: Path, statistics: NeuronStatistics, fingerprint: str, batches_done: int, world_size: int = 1
+) -> None:
     partial = path.with_name(path.name + ".partial")
-    statistics.save(partial, {"fingerprint": fingerprint, "batches_done": str(batches_done)})
+    metadata = {"fingerprint": fingerprint, "batches_done": str(batches_done), "world_size": str(world_size)}
+    statistics.save(partial, metadata)
     os.replace(partial, path)
 
 
@@ -166,14 +177,22 @@ def scan_activations(
 
     In a ``torch.distributed`` job each rank scans every world-size-th batch and the
     sums are all-reduced, so every rank returns the statistics of the whole data set.
+    Each rank then checkpoints its own share to ``<stem>.rank<rank><suffix>`` beside
+    ``checkpoint_path``, and a resume needs the same number of processes.
 
     Raises:
         NonFiniteActivationError: if an activation overflows, naming the MLP and batch.
+        ValueError: for an invalid ``token_scope`` or ``checkpoint_every``, or a
+            checkpoint written for other batches, another model or another world size.
     """
     if token_scope not in TOKEN_SCOPES:
         raise ValueError(f"token_scope must be one of {TOKEN_SCOPES}, got {token_scope!r}.")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every!r}.")
     positions, rank, world = _shard(batches)
     checkpoint = Path(checkpoint_path) if checkpoint_path else None
+    if resume and checkpoint is None:
+        logger.warning("resume=True has no effect without a checkpoint path; %s starts from the first batch.", description)
     if checkpoint is not None and world > 1:
         checkpoint = checkpoint.with_name(f"{checkpoint.stem}.rank{rank}{checkpoint.suffix}")
     fingerprint = batches_fingerprint(batches, token_scope) if checkpoint else ""
@@ -181,7 +200,7 @@ def scan_activations(
     recorder = ActivationRecorder(model)
     done = 0
     if checkpoint is not None and resume and checkpoint.exists():
-        done = _load_checkpoint(checkpoint, fingerprint, recorder.statistics)
+        done = _load_checkpoint(checkpoint, fingerprint, recorder.statistics, world)
         logger.info("Resuming %s from %s after %d of %d batches.", description, checkpoint, done, len(positions))
 
     device = _input_device(model)
@@ -198,13 +217,16 @@ def scan_activations(
                     model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), **kwargs)
                 bar.update(1)
                 if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-                    _save_checkpoint(checkpoint, recorder.statistics, fingerprint, step + 1)
+                    _save_checkpoint(checkpoint, recorder.statistics, fingerprint, step + 1, world)
             bar.close()
     finally:
         model.train(was_training)
 
     if checkpoint is not None:
-        _save_checkpoint(checkpoint, recorder.statistics, fingerprint, len(positions))
+        _save_checkpoint(checkpoint, recorder.statistics, fingerprint, len(positions), world)
     if world > 1:
+        # NOTE: a rank that raised above never reaches this all-reduce. With gloo the other
+        # ranks fail here as soon as its process exits (connection closed by peer). With
+        # NCCL they may wait until the process group's timeout unless torchrun stops them.
         recorder.statistics.all_reduce_()
     return recorder.statistics

@@ -37,7 +37,10 @@ class LayerAnalysis:
         hypervolume: Area dominated by the first front against :data:`REFERENCE_POINT`.
         knee: Neuron index of the first front's knee, or ``None`` for an empty layer.
         quota: Neurons this layer was allowed to prune.
-        pruned: Indices of the pruned neurons, in selection order.
+        pruned: Indices of the neurons pruned by this selection, in selection order.
+        pruned_before: Indices pruned by an earlier round of an iterative run. They are
+            not candidates: their rank is 0 and they are left out of fronts and hypervolume.
+        cap: Most neurons this selection may add in this layer.
     """
 
     scores: LayerScores
@@ -47,10 +50,17 @@ class LayerAnalysis:
     knee: int | None
     quota: int = 0
     pruned: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pruned_before: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cap: int = 0
 
     @property
     def key(self) -> str:
         return self.scores.key
+
+    @property
+    def all_pruned(self) -> np.ndarray:
+        """Neurons pruned in this layer by this selection and by earlier rounds."""
+        return np.concatenate([self.pruned_before, self.pruned]).astype(np.int64)
 
     def report(self) -> dict:
         """Return this layer's entry of ``pruning_report.json``."""
@@ -63,7 +73,7 @@ class LayerAnalysis:
             }
         return {
             "neurons": int(self.ranks.size),
-            "pruned": int(self.pruned.size),
+            "pruned": int(self.all_pruned.size),
             "budget": int(self.quota),
             "num_fronts": len(self.front_sizes),
             "front_sizes": [int(size) for size in self.front_sizes[:REPORTED_FRONTS]],
@@ -82,10 +92,12 @@ class Selection:
 
     @property
     def pruned_per_layer(self) -> dict[str, int]:
-        return {layer.key: int(layer.pruned.size) for layer in self.layers}
+        """Pruned neurons per MLP key, earlier rounds included."""
+        return {layer.key: int((~mask).sum()) for layer, mask in zip(self.layers, self.masks.values())}
 
     @property
     def total_pruned(self) -> int:
+        """Pruned neurons in the whole model, earlier rounds included."""
         return sum(self.pruned_per_layer.values())
 
     def report(self) -> dict:
@@ -101,20 +113,31 @@ class Selection:
         }
 
 
-def analyze_layer_scores(scores: LayerScores, max_fronts: int | None = None) -> LayerAnalysis:
-    """Rank one layer's neurons into fronts and measure its first front's hypervolume and knee."""
-    ranks = non_dominated_ranks(scores.retain, scores.forget, max_fronts=max_fronts)
-    if ranks.size == 0:
-        return LayerAnalysis(scores, ranks, [], 0.0, None)
+def analyze_layer_scores(
+    scores: LayerScores, max_fronts: int | None = None, pruned_before: np.ndarray | None = None
+) -> LayerAnalysis:
+    """Rank one layer's candidate neurons into fronts and measure the first front's hypervolume and knee.
 
-    front_sizes = np.bincount(ranks)[1:].tolist()
+    Neurons in ``pruned_before`` are not candidates and get rank 0.
+    """
+    excluded = np.zeros(scores.retain.size, dtype=bool)
+    if pruned_before is not None:
+        excluded[pruned_before] = True
+    candidates = np.flatnonzero(~excluded)
+    ranks = np.zeros(scores.retain.size, dtype=np.int64)
+    ranks[candidates] = non_dominated_ranks(scores.retain[candidates], scores.forget[candidates], max_fronts=max_fronts)
+    before = np.flatnonzero(excluded)
+    if candidates.size == 0:
+        return LayerAnalysis(scores, ranks, [], 0.0, None, pruned_before=before)
+
+    front_sizes = np.bincount(ranks[candidates])[1:].tolist()
     if max_fronts is not None:
         # Neurons past the last ranked front share rank max_fronts + 1; they are not a front.
         front_sizes = front_sizes[:max_fronts]
     first = np.flatnonzero(ranks == 1)
     hypervolume = hypervolume_2d(scores.retain[first], scores.forget[first], reference=REFERENCE_POINT)
     knee = int(first[knee_index(scores.retain[first], scores.forget[first])])
-    return LayerAnalysis(scores, ranks, front_sizes, hypervolume, knee)
+    return LayerAnalysis(scores, ranks, front_sizes, hypervolume, knee, pruned_before=before)
 
 
 def _order_by_front_and_knee(layer: LayerAnalysis, limit: int) -> np.ndarray:
@@ -138,24 +161,30 @@ def _order_by_front_and_knee(layer: LayerAnalysis, limit: int) -> np.ndarray:
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
 
-def _caps(layers: list[LayerAnalysis], config: PruningConfig) -> np.ndarray:
-    return np.array([int(np.floor(config.max_layer_fraction * layer.ranks.size)) for layer in layers])
+def _set_caps(layers: list[LayerAnalysis], config: PruningConfig) -> np.ndarray:
+    """Cap each layer at max_layer_fraction of its neurons, minus those pruned in earlier rounds."""
+    for layer in layers:
+        limit = int(np.floor(config.max_layer_fraction * layer.ranks.size))
+        layer.cap = max(0, limit - int(layer.pruned_before.size))
+    return np.array([layer.cap for layer in layers])
 
 
 def _total_budget(layers: list[LayerAnalysis], config: PruningConfig) -> int:
-    return int(round(config.budget * sum(layer.ranks.size for layer in layers)))
+    """Neurons to add in this selection: the budget minus those pruned in earlier rounds."""
+    total = int(round(config.budget * sum(layer.ranks.size for layer in layers)))
+    return max(0, total - sum(int(layer.pruned_before.size) for layer in layers))
 
 
 def _select_hypervolume_budget(layers: list[LayerAnalysis], config: PruningConfig) -> None:
     hypervolumes = np.array([layer.hypervolume for layer in layers])
-    quotas = allocate_budget(_total_budget(layers, config), hypervolumes, _caps(layers, config))
+    quotas = allocate_budget(_total_budget(layers, config), hypervolumes, _set_caps(layers, config))
     for layer, quota in zip(layers, quotas):
         layer.quota = int(quota)
         layer.pruned = _order_by_front_and_knee(layer, layer.quota)
 
 
 def _select_front_past_knee(layers: list[LayerAnalysis], config: PruningConfig) -> None:
-    for layer, cap in zip(layers, _caps(layers, config)):
+    for layer, cap in zip(layers, _set_caps(layers, config)):
         if layer.knee is None:
             continue
         first = np.flatnonzero(layer.ranks == 1)
@@ -168,6 +197,7 @@ def _select_front_past_knee(layers: list[LayerAnalysis], config: PruningConfig) 
 
 def _select_global_top(layers: list[LayerAnalysis], config: PruningConfig, scores: np.ndarray) -> None:
     sizes = [layer.ranks.size for layer in layers]
+    scores = np.where(np.concatenate([layer.ranks for layer in layers]) == 0, -np.inf, scores)
     top = np.argsort(-scores, kind="stable")[: _total_budget(layers, config)]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     for index, layer in enumerate(layers):
@@ -184,13 +214,24 @@ def _activation_ratio_scores(layers: list[LayerAnalysis]) -> np.ndarray:
     return np.abs(forget) / (np.abs(retain) + 1e-8)
 
 
-def select_neurons(scores: list[LayerScores], config: PruningConfig) -> Selection:
+def select_neurons(
+    scores: list[LayerScores], config: PruningConfig, pruned_before: dict[str, torch.Tensor] | None = None
+) -> Selection:
     """Analyse every layer and choose neurons to prune with ``config.strategy``.
 
+    Args:
+        scores: Objectives per MLP from :func:`pareto_prune.scores.layer_scores`.
+        config: Strategy, budget and caps.
+        pruned_before: Masks from an earlier round (``False`` = already pruned). Those
+            neurons stay pruned, count against the budget and caps, and are not candidates.
+
     Returns:
-        A :class:`Selection` whose masks hold ``False`` at pruned neurons.
+        A :class:`Selection` whose masks hold ``False`` at every pruned neuron.
     """
-    layers = [analyze_layer_scores(layer, config.max_fronts) for layer in scores]
+    layers = []
+    for layer in scores:
+        before = None if pruned_before is None else (~pruned_before[layer.key]).nonzero().flatten().numpy()
+        layers.append(analyze_layer_scores(layer, config.max_fronts, before))
 
     if config.strategy == "hypervolume_budget":
         _select_hypervolume_budget(layers, config)
@@ -207,6 +248,7 @@ def select_neurons(scores: list[LayerScores], config: PruningConfig) -> Selectio
     for layer in layers:
         mask = torch.ones(layer.ranks.size, dtype=torch.bool)
         mask[torch.as_tensor(layer.pruned, dtype=torch.long)] = False
+        mask[torch.as_tensor(layer.pruned_before, dtype=torch.long)] = False
         masks[layer.key] = mask
     selection = Selection(masks, layers, config.strategy)
     logger.info("Strategy %s selected %d neurons to prune.", config.strategy, selection.total_pruned)

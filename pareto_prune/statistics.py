@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 # The sums kept for each MLP. ``count`` is the number of tokens that entered the sums.
@@ -123,7 +123,11 @@ class NeuronStatistics:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Statistics file {path} not found; create it with `pareto-prune scan`.")
-        with safe_open(str(path), framework="pt") as handle:
+        try:
+            reader = safe_open(str(path), framework="pt")
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a pareto-prune statistics file: {error}.") from error
+        with reader as handle:
             metadata = handle.metadata() or {}
             if metadata.get("format") != _FORMAT:
                 raise ValueError(f"{path} is not a pareto-prune statistics file (format {metadata.get('format')!r}).")

@@ -463,6 +463,7 @@ def evaluate_tofu(
     max_samples: int | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 200,
+    utility_max_samples: int | None = None,
 ) -> TofuEvalResult:
     """Run the TOFU evaluation on the bundled splits and return all metrics.
 
@@ -480,6 +481,9 @@ def evaluate_tofu(
             cap selects the same items for every model, so forget_quality compares like with like.
         batch_size: Samples per forward pass and per generation batch.
         max_new_tokens: Generation length for the ROUGE metrics (Open-Unlearning uses 200).
+        utility_max_samples: Item cap for the retain, real-authors and world-facts splits, if
+            it should differ from ``max_samples`` (for example a quick sweep that needs many
+            forget items for the KS test but fewer for utility). ``None``: same as ``max_samples``.
 
     Raises:
         ValueError: for an unknown forget split, a non-positive ``max_samples`` or a retain
@@ -505,9 +509,8 @@ def evaluate_tofu(
         ("wf", WORLD_FACTS_SPLIT),
     )
     for prefix, split in splits:
-        logs.update(
-            _evaluate_split(prefix, split, model, tokenizer, text_format, max_samples, batch_size, max_new_tokens)
-        )
+        cap = max_samples if prefix == "forget" or utility_max_samples is None else utility_max_samples
+        logs.update(_evaluate_split(prefix, split, model, tokenizer, text_format, cap, batch_size, max_new_tokens))
 
     if retain_ratios is None:
         logger.warning("forget_quality is not computed: no retain model log was given (retain_model_log).")
@@ -523,6 +526,7 @@ def evaluate_tofu(
     config = {
         "forget_split": forget_split,
         "max_samples": max_samples,
+        "utility_max_samples": utility_max_samples,
         "max_new_tokens": max_new_tokens,
         "retain_model_log": str(retain_model_log) if retain_model_log is not None else None,
         "text_format": {

@@ -28,6 +28,7 @@ files through the LFS batch API. Requests to unknown routes get 404 and are reco
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import json
 import logging
@@ -59,7 +60,7 @@ LFS_EXTENSIONS = (".bin", ".pt", ".pth", ".safetensors", ".gguf", ".h5", ".msgpa
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
-_TYPE = r"(?P<type>models|datasets|spaces)"
+_TYPE = r"(?P<repo_type>model|dataset|space)s"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -74,7 +75,7 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 @dataclass
 class StoredFile:
-    """A file in a commit; LFS files keep their content here too."""
+    """A file in a commit. LFS files keep their content here too."""
 
     content: bytes
     lfs: bool
@@ -139,10 +140,10 @@ class FakeHub:
         token: The only token accepted for writes and private reads.
         user: Namespace that the token belongs to.
         organizations: Other namespaces that the token may write to.
-        upload_mode: How preupload classifies files: ``"auto"`` (LFS for binary content, for
-            the extensions in :data:`LFS_EXTENSIONS` and from :data:`LFS_SIZE_THRESHOLD`
-            bytes; an approximation of the Hub's rules), ``"regular"`` or ``"lfs"``. Empty
-            files are always regular, as on the Hub.
+        upload_mode: How preupload classifies files: ``"auto"``, ``"regular"`` or ``"lfs"``.
+            ``"auto"`` approximates the Hub's rules. It picks LFS for binary content, for the
+            extensions in :data:`LFS_EXTENSIONS` and for files of :data:`LFS_SIZE_THRESHOLD`
+            bytes or more. Empty files are always regular, as on the Hub.
         requests: ``(method, path)`` of every request, in arrival order.
         unhandled_requests: ``(method, path)`` of requests that matched no route.
     """
@@ -199,7 +200,7 @@ class FakeHub:
     # ------------------------------------------------------------------ inspection
 
     def get_repo(self, repo_id: str, repo_type: str = "model") -> FakeRepo:
-        """Return a stored repo; raises KeyError naming the repos that exist."""
+        """Return a stored repo, or raise KeyError naming the repos that exist."""
         with self._lock:
             key = f"{repo_type}s/{repo_id}"
             if key not in self.repos:
@@ -250,7 +251,7 @@ class FakeHub:
         return user
 
     def _repo_for_read(self, repo_type: str, repo_id: str, authorization: str | None) -> FakeRepo:
-        repo = self.repos.get(f"{repo_type}/{repo_id}")
+        repo = self.repos.get(f"{repo_type}s/{repo_id}")
         if repo is None or (repo.private and self._user_for(authorization) is None):
             raise HubError(404, f"Repository {repo_id} not found.", "RepoNotFound")
         return repo
@@ -271,7 +272,8 @@ class FakeHub:
         if size >= LFS_SIZE_THRESHOLD or path.endswith(LFS_EXTENSIONS) or b"\0" in sample:
             return "lfs"
         try:
-            sample.decode("utf-8")
+            # The sample is the first 512 bytes, so it may end inside a multi-byte character.
+            codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
         except UnicodeDecodeError:
             return "lfs"
         return "regular"
@@ -290,7 +292,7 @@ def _now() -> str:
 
 
 class _HubRequestHandler(BaseHTTPRequestHandler):
-    """Routes one request to a method of this class; the ``hub`` attribute is set by FakeHub.start."""
+    """Request handler that routes each request to a ``handle_*`` method. FakeHub.start sets ``hub``."""
 
     hub: FakeHub
     protocol_version = "HTTP/1.1"
@@ -304,11 +306,11 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         ("GET", re.compile(rf"^/api/{_TYPE}/{_REPO}(?:/revision/(?P<revision>[^/]+))?$"), "repo_info"),
         ("GET", re.compile(rf"^/api/{_TYPE}/{_REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?$"), "tree"),
         ("GET", re.compile(rf"^/api/{_TYPE}/{_REPO}/xet-(?:read|write)-token/.*$"), "xet_token"),
-        ("POST", re.compile(rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}\.git/info/lfs/objects/batch$"), "lfs_batch"),
+        ("POST", re.compile(rf"^/(?:(?P<repo_type>dataset|space)s/)?{_REPO}\.git/info/lfs/objects/batch$"), "lfs_batch"),
         ("PUT", re.compile(r"^/_lfs/upload/(?P<signature>[0-9a-f]+)$"), "lfs_upload"),
         ("POST", re.compile(r"^/_lfs/verify/(?P<signature>[0-9a-f]+)$"), "lfs_verify"),
-        ("GET", re.compile(rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)$"), "resolve"),
-        ("HEAD", re.compile(rf"^/(?:(?P<type>datasets|spaces)/)?{_REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)$"), "resolve"),
+        ("GET", re.compile(rf"^/(?:(?P<repo_type>dataset|space)s/)?{_REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)$"), "resolve"),
+        ("HEAD", re.compile(rf"^/(?:(?P<repo_type>dataset|space)s/)?{_REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)$"), "resolve"),
     ]
 
     # ------------------------------------------------------------------ plumbing
@@ -343,9 +345,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 match = pattern.match(split.path)
                 if route_method == method and match:
                     params = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
-                    if "type" in params and not params["type"].endswith("s"):
-                        params["type"] += "s"
-                    params.setdefault("type", "models")
+                    if "repo_type" in match.re.groupindex:
+                        params.setdefault("repo_type", "model")
                     with hub._lock:
                         getattr(self, f"handle_{name}")(**params)
                     return
@@ -355,7 +356,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             raise HubError(404, f"The fake Hub does not implement {method} {split.path}.")
         except HubError as error:
             self._send_error(error)
-        except Exception as error:  # a bug in FakeHub or a malformed request: answer instead of dropping the connection
+        except Exception as error:  # A FakeHub bug or a malformed request gets a 500 response, not a dropped connection.
             logger.exception("FakeHub failed on %s %s", method, split.path)
             self._send_error(HubError(500, f"FakeHub failed: {error!r}"))
 
@@ -393,6 +394,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), headers)
 
     def _send_error(self, error: HubError) -> None:
+        logger.info("FakeHub %s %s -> %d %s", self.command, self.path, error.status, error.message)
         headers = {"X-Error-Message": error.message}
         if error.error_code:
             headers["X-Error-Code"] = error.error_code
@@ -405,7 +407,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ repos
 
-    def handle_create_repo(self, type: str) -> None:
+    def handle_create_repo(self) -> None:
         hub = self.hub
         user = hub._require_user(self._authorization())
         payload = self._json_body() or {}
@@ -428,8 +430,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         hub._new_commit(repo, "main", "initial commit", "", {".gitattributes": StoredFile(DEFAULT_GITATTRIBUTES.encode(), lfs=False)})
         self._send_json(200, {"url": url, "name": repo_id, "id": repo_id})
 
-    def handle_create_branch(self, type: str, repo: str, branch: str) -> None:
-        stored = self.hub._repo_for_write(type, repo, self._authorization())
+    def handle_create_branch(self, repo_type: str, repo: str, branch: str) -> None:
+        stored = self.hub._repo_for_write(repo_type, repo, self._authorization())
         if branch in stored.branches:
             raise HubError(409, f"Reference already exists: refs/heads/{branch}")
         starting_point = (self._json_body() or {}).get("startingPoint") or "main"
@@ -439,7 +441,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         stored.branches[branch] = commit.oid
         self._send_json(200, {})
 
-    def handle_validate_yaml(self, type: str) -> None:
+    def handle_validate_yaml(self) -> None:
         payload = self._json_body() or {}
         content = payload.get("content", "")
         match = re.match(r"^\s*---\r?\n([\s\S]*?)\r?\n---[ \t]*(\r?\n|$)", content)
@@ -456,8 +458,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             return
         self._send_json(200, {"errors": [], "warnings": []})
 
-    def handle_repo_info(self, type: str, repo: str, revision: str = "main") -> None:
-        stored = self.hub._repo_for_read(type, repo, self._authorization())
+    def handle_repo_info(self, repo_type: str, repo: str, revision: str = "main") -> None:
+        stored = self.hub._repo_for_read(repo_type, repo, self._authorization())
         commit = stored.resolve(revision)
         if commit is None:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
@@ -484,8 +486,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                     info[key] = card_data[key]
         self._send_json(200, info)
 
-    def handle_tree(self, type: str, repo: str, revision: str, path: str = "") -> None:
-        stored = self.hub._repo_for_read(type, repo, self._authorization())
+    def handle_tree(self, repo_type: str, repo: str, revision: str, path: str = "") -> None:
+        stored = self.hub._repo_for_read(repo_type, repo, self._authorization())
         commit = stored.resolve(revision)
         if commit is None:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
@@ -499,7 +501,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             if not name.startswith(prefix):
                 continue
             parts = name[len(prefix) :].split("/")
-            # Folders on the way to the file; a non-recursive listing shows only the first.
+            # Folders on the way to the file. A non-recursive listing shows only the first.
             for depth in range(1, len(parts) if recursive else min(2, len(parts))):
                 folder = prefix + "/".join(parts[:depth])
                 entries.setdefault(folder, {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "size": 0, "path": folder})
@@ -507,14 +509,14 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 entries[name] = _tree_file_entry(name, commit.files[name])
         self._send_json(200, list(entries.values()))
 
-    def handle_xet_token(self, type: str, repo: str) -> None:
+    def handle_xet_token(self, repo_type: str, repo: str) -> None:
         raise HubError(501, "The fake Hub does not implement Xet storage; set HF_HUB_DISABLE_XET=1 to upload through Git LFS.")
 
     # ------------------------------------------------------------------ uploads
 
-    def handle_preupload(self, type: str, repo: str, revision: str) -> None:
+    def handle_preupload(self, repo_type: str, repo: str, revision: str) -> None:
         hub = self.hub
-        stored = hub._repo_for_write(type, repo, self._authorization())
+        stored = hub._repo_for_write(repo_type, repo, self._authorization())
         if self.query.get("create_pr"):
             raise HubError(400, "The fake Hub does not implement pull requests.")
         commit = stored.resolve(revision)
@@ -532,9 +534,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             files.append(entry)
         self._send_json(200, {"files": files, "commitOid": commit.oid})
 
-    def handle_lfs_batch(self, type: str, repo: str) -> None:
+    def handle_lfs_batch(self, repo_type: str, repo: str) -> None:
         hub = self.hub
-        stored = hub._repo_for_write(type, repo, self._authorization())
+        stored = hub._repo_for_write(repo_type, repo, self._authorization())
         payload = self._json_body() or {}
         if payload.get("operation") != "upload":
             raise HubError(400, "The fake Hub implements only LFS uploads; download files through /resolve.")
@@ -546,7 +548,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             if oid not in stored.lfs_objects:
                 signature = secrets.token_hex(16)
-                hub._upload_signatures[signature] = (stored.repo_type + "s/" + stored.repo_id, oid)
+                hub._upload_signatures[signature] = (f"{stored.repo_type}s/{stored.repo_id}", oid)
                 entry["actions"] = {
                     "upload": {"href": f"{hub.url}/_lfs/upload/{signature}", "expires_in": 3600},
                     "verify": {"href": f"{hub.url}/_lfs/verify/{signature}"},
@@ -554,7 +556,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             objects.append(entry)
         self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(), content_type="application/vnd.git-lfs+json")
 
-    def handle_lfs_upload(self, type: str, signature: str) -> None:
+    def handle_lfs_upload(self, signature: str) -> None:
         hub = self.hub
         if signature not in hub._upload_signatures:
             raise HubError(403, "Invalid or expired upload signature.")
@@ -564,7 +566,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         hub.repos[repo_key].lfs_objects[oid] = self.body
         self._send(200, b"", {"ETag": f'"{hashlib.md5(self.body).hexdigest()}"'}, content_type="text/plain")
 
-    def handle_lfs_verify(self, type: str, signature: str) -> None:
+    def handle_lfs_verify(self, signature: str) -> None:
         hub = self.hub
         hub._require_user(self._authorization())
         if signature not in hub._upload_signatures:
@@ -576,13 +578,13 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             raise HubError(400, f"LFS object {oid} was not uploaded completely.")
         self._send_json(200, {"success": True})
 
-    def handle_commit(self, type: str, repo: str, revision: str) -> None:
+    def handle_commit(self, repo_type: str, repo: str, revision: str) -> None:
         hub = self.hub
-        stored = hub._repo_for_write(type, repo, self._authorization())
+        stored = hub._repo_for_write(repo_type, repo, self._authorization())
         if self.query.get("create_pr"):
             raise HubError(400, "The fake Hub does not implement pull requests.")
         if revision not in stored.branches:
-            raise HubError(404, f"Invalid rev id: {revision}; commits go to an existing branch.", "RevisionNotFound")
+            raise HubError(404, f"Invalid rev id: {revision}. Commits go to an existing branch.", "RevisionNotFound")
         head = stored.resolve(revision)
         assert head is not None
         lines = [json.loads(line) for line in self.body.decode("utf-8").splitlines() if line.strip()]
@@ -629,8 +631,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ downloads
 
-    def handle_resolve(self, type: str, repo: str, revision: str, path: str) -> None:
-        stored = self.hub._repo_for_read(type, repo, self._authorization())
+    def handle_resolve(self, repo_type: str, repo: str, revision: str, path: str) -> None:
+        stored = self.hub._repo_for_read(repo_type, repo, self._authorization())
         commit = stored.resolve(revision)
         if commit is None:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")

@@ -24,7 +24,7 @@ EVAL_RESULTS = {"forget_Q_A_Prob": 0.0123, "model_utility": 0.456, "forget_quali
 
 
 def _png_bytes(width: int = 4, height: int = 3) -> bytes:
-    """Return a valid grey PNG image; its binary header makes the Hub store it with LFS."""
+    """Return a valid grey PNG image. The Hub stores it with LFS because its header is binary."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -208,7 +208,8 @@ def test_push_twice_makes_no_empty_commit(fake_hub: FakeHub, pruned_folder: Path
 
 
 def test_push_reads_hf_endpoint_at_call_time(fake_hub: FakeHub, pruned_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Nothing listens on port 9 of 127.0.0.1; a request there fails fast.
+    # If push_pruned_folder used constants.ENDPOINT, its requests would go to port 9 of 127.0.0.1,
+    # where nothing serves the Hub API, and the push would fail.
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
 
     push_pruned_folder(pruned_folder, REPO_ID)

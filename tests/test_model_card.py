@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +219,14 @@ def test_local_base_model_kept_out_of_metadata(tmp_path: Path) -> None:
     assert f"This is `{tmp_path}` with 19 MLP neurons pruned" in card.text
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("org/model", True), ("gpt2", True), ("/no/such/model/dir", False), ("org/model/extra", False), ("org/mo..del", False)],
+)
+def test_hub_repo_id_detection(value: str, expected: bool) -> None:
+    assert model_card.is_hub_repo_id(value) is expected
+
+
 def test_loading_examples_name_repo() -> None:
     card = build_model_card(pruning_info(), None, BASE_MODEL, repo_id="me/tofu-pruned")
 
@@ -246,6 +256,20 @@ def test_package_template_is_relative_symlink() -> None:
 
     assert link.is_symlink()
     assert str(link.readlink()) == "../MODEL_CARD_TEMPLATE.md"
+
+
+def test_template_fallback_when_symlink_is_text(tmp_path: Path) -> None:
+    # In a checkout with core.symlinks=false, the file contains the link target as text.
+    package = tmp_path / "hf_integration"
+    package.mkdir()
+    (package / "MODEL_CARD_TEMPLATE.md").write_text("../MODEL_CARD_TEMPLATE.md", encoding="utf-8")
+    shutil.copyfile(model_card.__file__, package / "model_card.py")
+    shutil.copyfile(REPO_ROOT / "MODEL_CARD_TEMPLATE.md", tmp_path / "MODEL_CARD_TEMPLATE.md")
+    spec = importlib.util.spec_from_file_location("copied_model_card", package / "model_card.py")
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+
+    assert copied.find_template() == tmp_path / "MODEL_CARD_TEMPLATE.md"
 
 
 def test_template_variables_all_passed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,6 +302,28 @@ def test_write_reads_directory(tmp_path: Path) -> None:
     assert loaded.data.base_model == BASE_MODEL
     assert len(loaded.data.eval_results) == 3
     assert table_rows(loaded.text)["model.layers.0.mlp"][0] == "8192"
+
+
+def test_write_reads_eval_summary(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"pareto_pruning": pruning_info()}), encoding="utf-8")
+    (tmp_path / model_card.EVAL_SUMMARY_FILENAME).write_text(json.dumps(EVAL_RESULTS), encoding="utf-8")
+
+    card = ModelCard.load(write_model_card(tmp_path))
+
+    assert {result.metric_type: result.metric_value for result in card.data.eval_results} == EVAL_RESULTS
+
+
+def test_eval_summary_filename_matches_eval_command() -> None:
+    tofu_eval = pytest.importorskip("pareto_prune.tofu_eval")
+
+    assert model_card.EVAL_SUMMARY_FILENAME == tofu_eval.SUMMARY_FILENAME
+
+
+def test_write_rejects_report_that_is_not_object(tmp_path: Path) -> None:
+    (tmp_path / "pruning_report.json").write_text("[1, 2]", encoding="utf-8")
+
+    with pytest.raises(ValueError, match="pruning_report.json must contain a JSON object"):
+        write_model_card(tmp_path, pruning_info=pruning_info())
 
 
 def test_write_requires_pruning_entry(tmp_path: Path) -> None:
