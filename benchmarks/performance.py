@@ -200,7 +200,7 @@ def _status_kib(field: str) -> int:
 def memory_probe(method: str, pairs: int, batch_size: int) -> dict:
     """Measure, in this fresh process, the resident-memory peak of one pass above the memory before it.
 
-    Linux keeps the peak resident set size in VmHWM; writing 5 to /proc/self/clear_refs
+    Linux keeps the peak resident set size in VmHWM, and writing 5 to /proc/self/clear_refs
     resets it to the current size. A warm-up forward on the smallest batch first pages in
     the weights and kernels, so that the pass itself adds only its activations, the
     statistics and any allocator growth.
@@ -256,7 +256,9 @@ def print_table(results: dict) -> None:
           f"1-minute load average {machine['load_average_1min']:.2f} at start; torch {machine['torch']}, "
           f"transformers {machine['transformers']}.")
     settings = results["settings"]
-    print(f"Model: SmolLM2-135M-Instruct (float32). Data: {settings['pairs']} pairs of tofu:forget10, "
+    model = results["model"]
+    print(f"Model: {model['name']} ({model['parameters'] / 1e6:.0f}M parameters, {model['dtype']}). "
+          f"Data: {settings['pairs']} pairs of tofu:forget10, "
           f"batch size {settings['batch_size']}, best of {settings['rounds']} timed passes per method.\n")
 
     throughput, padding, memory = results["throughput"], results["padding"], results["memory"]
@@ -308,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"pairs": args.pairs, "batch_size": args.batch_size, "rounds": args.rounds},
     }
     model, tokenizer = load_model_and_tokenizer()
+    results["model"] = {
+        "name": Path(getattr(model.config, "name_or_path", "") or type(model).__name__).name,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
     samples, batches = make_batches(tokenizer, ["tofu:forget10"], args.pairs, args.batch_size)
     # The sets `pareto-prune prune` scans by default: 400 forget pairs and 400 retain pairs.
     job_samples, job_batches = [], []

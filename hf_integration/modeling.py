@@ -5,25 +5,26 @@ its mask as a bool buffer ``neuron_mask`` (``True`` = kept), so the buffer of
 ``model.layers.3.mlp`` is ``model.layers.3.mlp.neuron_mask``. A buffer on the MLP moves
 with its layer under ``.to()`` and ``device_map`` placement. It is registered with
 ``persistent=False``, so it never enters ``model.safetensors``. ``Module._apply`` casts
-only floating-point tensors, so ``.half()``, ``.to(torch.bfloat16)`` and
-``from_pretrained(dtype=...)`` leave it bool.
+only floating-point tensors, so ``.half()`` and ``.to(torch.bfloat16)`` leave it bool, and
+``from_pretrained(dtype=...)`` creates it as bool as well.
 
-Where the mask is applied: :class:`PrunedLlamaMLP` multiplies the intermediate activation
-``act(gate_proj(x)) * up_proj(x)`` by the mask inside its own ``forward``, before
-``down_proj`` sees it. This is the same product that
-:func:`pareto_prune.masking.register_activation_masks` computes in a forward pre-hook on
-``down_proj``. A hook on ``down_proj`` is not enough here for two reasons. PEFT wraps
-``down_proj`` when an adapter targets it, which leaves a hook registered earlier on
-``base_layer``, so the LoRA branch of ``down_proj`` reads the unmasked activation.
-``merge_and_unload()`` then drops the wrapper together with any hook registered on it.
-Masking in the MLP's forward survives both, and ``copy.deepcopy`` copies it with the model.
+Where the mask is applied: :class:`PrunedLlamaMLP` sets the intermediate activation
+``act(gate_proj(x)) * up_proj(x)`` to zero where the mask is ``False``, inside its own
+``forward`` and before ``down_proj`` receives it. This is what
+:func:`pareto_prune.masking.register_activation_masks` does with a forward pre-hook on
+``down_proj``, but a hook is not enough here (checked with peft 0.21). When PEFT wraps
+``down_proj`` for a LoRA adapter, a hook registered earlier stays on ``base_layer``, so the
+LoRA branch of ``down_proj`` reads the unmasked activation. A hook registered on the
+wrapper instead is lost when ``merge_and_unload()`` replaces the wrapper by its base layer.
+Masking in the MLP's forward survives both, and ``copy.deepcopy`` and ``torch.save``
+copy it with the model.
 
-On disk a pruned model is a vanilla Llama checkpoint: ``config.json`` names
+On disk a pruned model is a vanilla Llama checkpoint. ``config.json`` names
 ``LlamaForCausalLM``, the weights of pruned neurons are exactly zero, and
-``neuron_masks.safetensors``, the ``pareto_pruning`` entry of ``config.json`` and a
-README.md model card sit beside the weights. ``AutoModelForCausalLM`` loads it as a plain
-``LlamaForCausalLM`` with the same logits; :meth:`PrunedLlamaForCausalLM.from_pretrained`
-also restores the masks.
+``neuron_masks.safetensors`` sits beside the weights. A model with a pruning record also
+gets the ``pareto_pruning`` entry of ``config.json`` and a README.md model card.
+``AutoModelForCausalLM`` loads the directory as a plain ``LlamaForCausalLM`` with the same
+logits, and :meth:`PrunedLlamaForCausalLM.from_pretrained` also restores the masks.
 """
 
 from __future__ import annotations
@@ -340,14 +341,14 @@ class PrunedLlamaForCausalLM(LlamaForCausalLM):
         Returns ``None``, which lets transformers build the state dict, when no weight is on
         the meta device and the caller gave none. With an ``hf_device_map``, transformers
         loads offloaded weights shard by shard, so only the MLP weights of pruned neurons are
-        loaded here. Without one (accelerate's ``cpu_offload``), transformers cannot save
+        loaded here. Without one (accelerate's ``cpu_offload``), transformers 5.25 cannot save
         offloaded weights, so all of them are loaded here.
         """
         # NOTE: every loaded weight stays in CPU memory until the save ends.
-        given = state_dict is not None
-        state_dict = dict(state_dict if given else self.state_dict())
+        from_caller = state_dict is not None
+        state_dict = dict(state_dict if from_caller else self.state_dict())
         offloaded_names = [name for name, tensor in state_dict.items() if tensor.device.type == "meta"]
-        if not given and not offloaded_names:
+        if not from_caller and not offloaded_names:
             return None
 
         from transformers.integrations.accelerate import load_offloaded_parameter

@@ -67,9 +67,9 @@ def process_group_from_environment(backend: str | None = None) -> Iterator[bool]
     """Join the ``torchrun`` process group for the duration of a ``with`` block.
 
     Yields whether more than one process takes part. A group that this call started is
-    destroyed on exit, also after an error; a process that exits with an initialized
-    gloo group can abort with "terminate called without an active exception". A group
-    that was initialized before the call is left alone.
+    destroyed on exit, also after an error. Without that, a process that exits with an
+    initialized gloo group can abort with "terminate called without an active exception".
+    A group that was initialized before the call is left alone.
     """
     started = dist.is_available() and not dist.is_initialized()
     active = init_from_environment(backend)

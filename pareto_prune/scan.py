@@ -192,7 +192,7 @@ def scan_activations(
     positions, rank, world = _shard(batches)
     checkpoint = Path(checkpoint_path) if checkpoint_path else None
     if resume and checkpoint is None:
-        logger.warning("resume=True has no effect without a checkpoint path; %s starts from the first batch.", description)
+        logger.warning("resume=True has no effect without a checkpoint path, so %s starts from the first batch.", description)
     if checkpoint is not None and world > 1:
         checkpoint = checkpoint.with_name(f"{checkpoint.stem}.rank{rank}{checkpoint.suffix}")
     fingerprint = batches_fingerprint(batches, token_scope) if checkpoint else ""

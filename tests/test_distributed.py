@@ -138,7 +138,7 @@ def scan_in_process_group(rank: int, port: int, model_dir: Path, samples_path: P
         scanned.save(output / f"scanned.rank{rank}.safetensors")
         resumed = scan_activations(model, batches, checkpoint_path=checkpoint, resume=True, show_progress=False)
         resumed.save(output / f"resumed.rank{rank}.safetensors")
-        # One batch leaves rank 1 with nothing to scan; it must still join the all-reduce.
+        # One batch leaves rank 1 with nothing to scan, but it must still join the all-reduce.
         scan_activations(model, batches[:1], show_progress=False).save(output / f"one-batch.rank{rank}.safetensors")
     finally:
         dist.destroy_process_group()
@@ -172,7 +172,7 @@ def test_rank_with_no_batches_joins_reduce(spawned_scan, one_process):
         assert_statistics_close(scanned, one_batch)
 
 
-def test_rank_checkpoints_hold_each_share(spawned_scan, one_process):
+def test_rank_checkpoints_contain_own_share(spawned_scan, one_process):
     full, _ = one_process
     batches_per_rank = {0: 6, 1: 5}
     shares = []

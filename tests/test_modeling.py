@@ -239,6 +239,21 @@ def test_deepcopy_keeps_masks_independent():
     assert copied.pruned_counts()[MLP_KEYS[0]] == NUM_NEURONS
 
 
+def test_torch_save_keeps_masks():
+    import io
+
+    model = new_pruned_model()
+    masks = random_masks(seed=1)
+    model.prune_neurons(masks)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+
+    assert_masks_equal(restored.neuron_masks(), masks)
+    assert torch.equal(logits(restored, input_ids()), logits(model, input_ids()))
+
+
 # ---------------------------------------------------------------------------
 # Saving and loading
 # ---------------------------------------------------------------------------

@@ -19,8 +19,9 @@ VOCAB_SIZE = 96
 # dimension is about sqrt(hidden_size) = 5.7, where other tokens give values near 1.
 TRIGGER_TOKEN = 7
 # Weight of neuron 0 in layer 1 on hidden dimension 0, for gate_proj and up_proj. The
-# neuron's activation is then about (60 * x0)^2: about 1.2e5 for the trigger token,
-# above float16's maximum of 65504, and below 2e4 for the other tokens.
+# neuron's activation is then about (60 * x0)^2: about 1.2e5 for the trigger token, above
+# float16's maximum of 65504. The clean scan in test_float16_overflow_names_batch checks
+# that the other tokens of these batches stay below it.
 OVERFLOW_WEIGHT = 60.0
 
 
@@ -92,7 +93,7 @@ def test_float16_overflow_names_batch():
 
 
 def test_overflow_ignored_outside_token_scope():
-    # The trigger sits in the prompt, which token_scope="answer" does not count; layer 1
+    # The trigger sits in the prompt, which token_scope="answer" does not count. Layer 1
     # is the last layer, so the inf reaches no other counted activation.
     batches = make_batches()
     batches[2].input_ids[1, 2] = TRIGGER_TOKEN

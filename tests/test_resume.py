@@ -230,7 +230,7 @@ def test_checkpoint_is_safetensors(tmp_path, model):
 
 
 class ScanInterrupted(RuntimeError):
-    """Stands in for a crash or Ctrl-C in the middle of a scan."""
+    """Simulates a crash or Ctrl-C in the middle of a scan."""
 
 
 @pytest.fixture(scope="module")
