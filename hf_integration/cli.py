@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -14,6 +15,7 @@ from hf_integration.job import DEFAULT_FORGET, DEFAULT_RETAIN, JobOptions, run_p
 from hf_integration.loading import DTYPES
 from pareto_prune.config import DEFAULT_PLAIN_TEMPLATE, DEFAULT_SYSTEM_PROMPT, STRATEGIES
 from pareto_prune.data import bundled_splits
+from pareto_prune.distributed import is_main_process, process_group_from_environment
 from pareto_prune.scan import TOKEN_SCOPES
 from pareto_prune.scores import NORMALIZATIONS
 from pareto_prune.statistics import STATISTIC_NAMES
@@ -198,13 +200,15 @@ def _options_from_args(args: argparse.Namespace) -> JobOptions:
 
 def _run_prune(args: argparse.Namespace) -> int:
     result = run_prune(_options_from_args(args), _config_from_args(args))
-    _print_summary(result)
+    if is_main_process():
+        _print_summary(result)
     return 0
 
 
 def _run_scan(args: argparse.Namespace) -> int:
     target = run_scan(_options_from_args(args), _config_from_args(args))
-    print(f"Statistics written to {target}. Next: pareto-prune select --statistics {target} --output DIR")
+    if is_main_process():
+        print(f"Statistics written to {target}. Next: pareto-prune select --statistics {target} --output DIR")
     return 0
 
 
@@ -213,7 +217,8 @@ def _run_select(args: argparse.Namespace) -> int:
                                                     dtype=args.dtype, device=args.device, check_samples=args.check_samples,
                                                     check_max_new_tokens=args.check_max_new_tokens),
                         _config_from_args(args))
-    _print_summary(result)
+    if is_main_process():
+        _print_summary(result)
     return 0
 
 
@@ -229,14 +234,29 @@ def _print_summary(result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``pareto-prune``; return the exit status (1 with a one-line error for invalid input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+        # Under torchrun, join the process group so scans are sharded over the ranks.
+        with process_group_from_environment():
+            return args.func(args)
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         print(f"pareto-prune: error: {error}", file=sys.stderr)
         return 1
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject option combinations before any model is loaded."""
+    if getattr(args, "resume", False) and not getattr(args, "checkpoint_dir", None):
+        parser.error("--resume needs --checkpoint-dir, the directory of the interrupted scan's progress files.")
+    if getattr(args, "checkpoint_every", 1) < 1:
+        parser.error(f"--checkpoint-every must be at least 1 batch, got {args.checkpoint_every}.")
+    if getattr(args, "device", None) == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--device auto cannot be combined with torchrun: every rank would spread its copy over all GPUs. "
+                     "Use --device cuda, which gives each rank its own GPU.")
 
 
 if __name__ == "__main__":

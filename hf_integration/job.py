@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hf_integration.checkpoint import write_pruned_checkpoint
 from hf_integration.configuration import ParetoPruningConfig
 from hf_integration.loading import load_model_and_tokenizer
 from hf_integration.output_dir import check_output_dir, staged_directory
+from pareto_prune.distributed import is_main_process
 from pareto_prune.data import QAPair, load_qa_sources
 from pareto_prune.masking import prune_neurons
 from pareto_prune.metrics import answer_probabilities, greedy_rouge_recall
@@ -156,6 +158,9 @@ def _scan_both(model, tokenizer, forget, retain, config, options: JobOptions) ->
 
 def _prune_and_write(model, tokenizer, target: Path, prune: Callable[[], Selection], config, options, check_samples) -> JobResult:
     """Measure, prune with ``prune`` (which changes the model in place), measure again and write."""
+    # Under torchrun every rank prunes its own copy identically, but only rank 0 measures and writes.
+    main = is_main_process()
+    check_samples = check_samples if main else None
     before = _measure(model, tokenizer, check_samples, config, options) if check_samples else None
 
     selection = prune()
@@ -167,9 +172,17 @@ def _prune_and_write(model, tokenizer, target: Path, prune: Callable[[], Selecti
     if check is not None:
         report["check"] = {"samples_per_set": options.check_samples, **check.to_dict()}
 
-    with staged_directory(target) as staging:
-        write_pruned_checkpoint(model, tokenizer, staging, selection, config, report, base_model=options.model)
+    if main:
+        with staged_directory(target) as staging:
+            write_pruned_checkpoint(model, tokenizer, staging, selection, config, report, base_model=options.model)
+    _wait_for_main_process()
     return JobResult(target, report, check)
+
+
+def _wait_for_main_process() -> None:
+    """Keep every rank alive until rank 0 has written, so torchrun does not end the job early."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _select_and_prune(model, forget_stats, retain_stats, config) -> Callable[[], Selection]:
@@ -225,10 +238,12 @@ def run_scan(options: JobOptions, config: ParetoPruningConfig | None = None) -> 
         "retain_pairs": len(retain),
         "options": config.method_options(),
     }
-    with staged_directory(target) as staging:
-        forget_stats.save(staging / STATISTICS_FILES["forget"])
-        retain_stats.save(staging / STATISTICS_FILES["retain"])
-        (staging / SCAN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    if is_main_process():
+        with staged_directory(target) as staging:
+            forget_stats.save(staging / STATISTICS_FILES["forget"])
+            retain_stats.save(staging / STATISTICS_FILES["retain"])
+            (staging / SCAN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    _wait_for_main_process()
     return target
 
 

@@ -136,6 +136,9 @@ def load_model_and_tokenizer(
     if model is not None and os.path.sep in model and not os.path.isdir(model):
         raise FileNotFoundError(f"Model directory {model} not found; pass a local checkpoint directory or a Hub id.")
 
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # Under torchrun each rank takes its own GPU.
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     loader = model_class or AutoModelForCausalLM
     placement = {"device_map": "auto"} if device == "auto" else {}
     loaded = loader.from_pretrained(path, dtype=DTYPES[dtype], **placement, **kwargs)

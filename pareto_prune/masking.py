@@ -96,9 +96,13 @@ def register_activation_masks(model: nn.Module, masks: Mapping[str, torch.Tensor
     """Multiply each MLP's intermediate activation by its mask on every forward pass.
 
     A forward pre-hook on ``down_proj`` zeroes pruned neurons even when their weights
-    are non-zero: adapters, offloaded layers and further fine-tuning cannot bring them
-    back. The mask is read from ``masks`` on each call, so a caller may update the
-    tensors in place. Returns the hook handles; call ``handle.remove()`` to undo.
+    are non-zero, so offloaded layers and further fine-tuning of the base weights cannot
+    bring them back. The mask is read from ``masks`` on each call, so a caller may update
+    the tensors in place. Returns the hook handles; call ``handle.remove()`` to undo.
+
+    NOTE: a hook registered before PEFT wraps ``down_proj`` sits on the base layer, and
+    peft 0.21's LoRA branch reads the unmasked input; a hook on the wrapper is lost by
+    ``merge_and_unload()``. ``PrunedLlamaForCausalLM`` masks inside the MLP forward instead.
     """
     mlps = find_swiglu_mlps(model)
     validate_masks(mlps, masks)

@@ -165,6 +165,16 @@ def test_two_ranks_match_one_process(spawned_scan, one_process):
         assert_statistics_close(scanned, full)
 
 
+def test_ranks_get_identical_sums(spawned_scan):
+    # Every rank selects its own masks from these sums, so they must agree bit for bit.
+    first, _ = NeuronStatistics.load(spawned_scan / "scanned.rank0.safetensors")
+    second, _ = NeuronStatistics.load(spawned_scan / "scanned.rank1.safetensors")
+    for key in first.keys:
+        assert torch.equal(first.count[key], second.count[key]), f"{key} count"
+        for field in SUM_FIELDS:
+            assert torch.equal(first.sums[field][key], second.sums[field][key]), f"{key} {field}"
+
+
 def test_rank_with_no_batches_joins_reduce(spawned_scan, one_process):
     _, one_batch = one_process
     for rank in range(WORLD_SIZE):
