@@ -24,7 +24,8 @@ from pathlib import Path
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
 from hf_integration import ParetoPruningCallback, ParetoPruningConfig, PrunedLlamaForCausalLM
-from hf_integration.loading import DTYPES, load_model_and_tokenizer
+from hf_integration.loading import DTYPES, cache_dir, load_model_and_tokenizer
+from hf_integration.output_dir import check_output_dir
 from pareto_prune.config import STRATEGIES
 from pareto_prune.data import IGNORE_INDEX, load_qa_sources, tokenize_pairs
 
@@ -37,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="Checkpoint directory or Hub id (default: SmolLM2-135M-Instruct).")
     parser.add_argument("--forget", nargs="+", default=["tofu:forget01"], help="Forget-set sources (default: %(default)s).")
     parser.add_argument("--retain", nargs="+", default=["tofu:retain99"], help="Retain-set sources, also the training data (default: %(default)s).")
-    parser.add_argument("--max-samples", type=int, default=None, help="Maximum question-answer pairs per set (default: all).")
+    parser.add_argument("--max-samples", type=int, default=256, help="Maximum question-answer pairs per set; 0 for all (default: %(default)s).")
     parser.add_argument("--strategy", choices=STRATEGIES, default="hypervolume_budget", help="Neuron selection strategy (default: %(default)s).")
     parser.add_argument("--budget", type=float, default=0.02, help="Fraction of all MLP neurons to prune (default: %(default)s).")
     parser.add_argument("--when", choices=("train_begin", "train_end"), default="train_begin", help="Prune before or after fine-tuning (default: %(default)s).")
@@ -77,10 +78,12 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     set_seed(args.seed)
+    # Fail before training if --output is not empty or overlaps the input model.
+    output = check_output_dir(args.output, protected=[args.model, cache_dir()])
 
     config = ParetoPruningConfig(strategy=args.strategy, budget=args.budget, max_length=args.max_length, seed=args.seed)
-    forget = load_qa_sources(args.forget, args.max_samples, args.seed)
-    retain = load_qa_sources(args.retain, args.max_samples, args.seed)
+    forget = load_qa_sources(args.forget, args.max_samples or None, args.seed)
+    retain = load_qa_sources(args.retain, args.max_samples or None, args.seed)
     config.forget_sources, config.retain_sources = list(args.forget), list(args.retain)
 
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, model_class=PrunedLlamaForCausalLM)
@@ -117,7 +120,6 @@ def main(argv=None) -> Path:
     if args.lora:
         # Merging adds the LoRA update to pruned rows; save_pretrained writes them as zero again.
         pruned_model = model.merge_and_unload()
-    output = Path(args.output)
     pruned_model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     logger.info("Saved the fine-tuned model with %d pruned neurons to %s.", sum(pruned_model.pruned_counts().values()), output)

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from hf_integration.configuration import CONFIG_KEY, ParetoPruningConfig
+from hf_integration.loading import DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_LICENSE
 from hf_integration.model_card import write_model_card
 from pareto_prune.masking import MASKS_FILENAME, save_masks
 from pareto_prune.plots import write_plots
@@ -39,7 +40,10 @@ def write_pruned_checkpoint(
     report: dict,
     base_model: str | None = None,
 ) -> None:
-    """Save ``model`` (already pruned in place) and everything that documents the pruning into ``directory``."""
+    """Save ``model`` (already pruned in place) and everything that documents the pruning into ``directory``.
+
+    ``base_model`` names the pruned model in the card; ``None`` means the embedded SmolLM2 default.
+    """
     directory = Path(directory)
     setattr(model.config, CONFIG_KEY, config.to_config_dict())
     model.save_pretrained(directory)
@@ -47,8 +51,9 @@ def write_pruned_checkpoint(
     save_masks(selection.masks, directory / MASKS_FILENAME)
     (directory / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
     write_plots(selection, directory / PLOTS_DIRNAME)
-    write_model_card(directory, base_model=base_model or _base_model_name(model), overwrite=True)
+    license = None
+    if base_model is None:
+        # No --model: the embedded SmolLM2 default, published under Apache-2.0.
+        base_model, license = DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_LICENSE
+    write_model_card(directory, base_model=base_model, license=license, overwrite=True)
 
-
-def _base_model_name(model) -> str | None:
-    return getattr(model.config, "name_or_path", None) or getattr(model.config, "_name_or_path", None)

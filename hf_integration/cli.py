@@ -34,6 +34,20 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive whole number, got {text}")
+    return value
+
+
 def _samples(text: str) -> int | None:
     value = int(text)
     if value < 0:
@@ -44,7 +58,7 @@ def _samples(text: str) -> int | None:
 def _add_run_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help=output_help)
     parser.add_argument("--overwrite", action="store_true", help="Replace --output if it exists and is not empty.")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="Samples per forward pass (default: %(default)s).")
+    parser.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="Samples per forward pass (default: %(default)s).")
     parser.add_argument(
         "--dtype", choices=list(DTYPES), default="auto",
         help="Weight dtype to load the model in; auto keeps the checkpoint's own (default: %(default)s).",
@@ -120,7 +134,8 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s).",
     )
     group.add_argument("--budget", type=float, default=DEFAULTS.budget, metavar="FRACTION",
-                       help="Fraction of all MLP neurons to prune, in (0, 1) (default: %(default)s).")
+                       help="Fraction of all MLP neurons to prune, in (0, 1); an upper bound for front_past_knee, "
+                       "which prunes as many as the knee rule selects (default: %(default)s).")
     group.add_argument("--max-layer-fraction", type=float, default=DEFAULTS.max_layer_fraction, metavar="FRACTION",
                        help="Maximum fraction of one layer's neurons to prune, in (0, 1] (default: %(default)s).")
     group.add_argument("--max-fronts", type=int, default=DEFAULTS.max_fronts, metavar="N",
@@ -129,17 +144,14 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Per-neuron importance on each set (default: %(default)s).")
     group.add_argument("--normalization", choices=NORMALIZATIONS, default=DEFAULTS.normalization,
                        help="How retain and forget importance are scaled to compare layers (default: %(default)s).")
-    group.add_argument("--rounds", type=int, default=DEFAULTS.rounds, metavar="K",
-                       help="Scan-and-prune rounds; with K > 1 each round prunes 1/K of the budget and the "
-                       "next scans the pruned model again (prune only; default: %(default)s).")
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="Seed for data sampling and the random strategy (default: %(default)s).")
 
 
 def _add_check_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("before/after check")
-    group.add_argument("--check-samples", type=int, default=16, metavar="N",
+    group.add_argument("--check-samples", type=_non_negative, default=16, metavar="N",
                        help="Pairs per set in the before/after check; 0 skips it (default: %(default)s).")
-    group.add_argument("--check-max-new-tokens", type=int, default=48, metavar="TOKENS",
+    group.add_argument("--check-max-new-tokens", type=_positive, default=48, metavar="TOKENS",
                        help="Tokens generated per answer for the check's ROUGE-L (default: %(default)s).")
 
 
@@ -165,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(prune, "Directory for the pruned checkpoint; must be new or empty unless --overwrite.")
     for add in (_add_data_arguments, _add_format_arguments, _add_selection_arguments, _add_check_arguments, _add_checkpoint_arguments):
         add(prune)
+    prune.add_argument("--rounds", type=_positive, default=DEFAULTS.rounds, metavar="K",
+                       help="Scan-and-prune rounds; with K > 1 each round prunes 1/K of the budget and the "
+                       "next round scans the pruned model again (default: %(default)s).")
     prune.set_defaults(func=_run_prune)
 
     scan = subparsers.add_parser("scan", help="Only scan; write activation statistics for later `select` runs.")
@@ -239,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_arguments(parser, args)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    # rouge-score logs "Using default tokenizer." through absl for every scorer it builds.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         # Under torchrun, join the process group so scans are sharded over the ranks.
         with process_group_from_environment():

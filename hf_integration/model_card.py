@@ -211,7 +211,7 @@ def write_model_card(
         repo_id=repo_id,
     )
     card.save(card_path)
-    logger.info("Wrote model card %s", card_path)
+    logger.debug("Wrote model card %s", card_path)
     return card_path
 
 
@@ -347,7 +347,10 @@ def _layer_rows(pruned_per_layer: Any, report: Mapping[str, Any] | None) -> list
         )
 
     rows = []
-    for key in list(pruned_per_layer) + [key for key in report_layers if key not in pruned_per_layer]:
+    keys = list(pruned_per_layer) + [key for key in report_layers if key not in pruned_per_layer]
+    # config.json stores keys sorted as strings (layers.10 before layers.2); order by layer number.
+    keys.sort(key=lambda key: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)])
+    for key in keys:
         entry = report_layers.get(key)
         entry = entry if isinstance(entry, Mapping) else {}
         pruned = pruned_per_layer.get(key, entry.get("pruned"))

@@ -30,6 +30,26 @@ def full_masks(model: nn.Module) -> Masks:
     return {mlp.key: torch.ones(mlp.num_neurons, dtype=torch.bool) for mlp in find_swiglu_mlps(model)}
 
 
+@torch.no_grad()
+def weight_masks(model: nn.Module) -> Masks:
+    """Return masks read off the weights: a neuron counts as pruned when its ``gate_proj`` row,
+    ``up_proj`` row and ``down_proj`` column are all zero. Offloaded (meta) layers count as kept."""
+    masks = {}
+    for mlp in find_swiglu_mlps(model):
+        if mlp.gate_proj.weight.device.type == "meta":
+            masks[mlp.key] = torch.ones(mlp.num_neurons, dtype=torch.bool)
+            continue
+        used = mlp.gate_proj.weight.ne(0).any(dim=1) | mlp.up_proj.weight.ne(0).any(dim=1)
+        used |= mlp.down_proj.weight.ne(0).any(dim=0).to(used.device)
+        masks[mlp.key] = used.cpu()
+    return masks
+
+
+def count_pruned(masks: Mapping[str, torch.Tensor]) -> int:
+    """Return the number of ``False`` entries over all masks."""
+    return sum(int((~mask).sum()) for mask in masks.values())
+
+
 def validate_masks(mlps: list[SwiGLUMLP], masks: Mapping[str, torch.Tensor]) -> None:
     """Check that ``masks`` has one bool vector of the right length for each MLP.
 

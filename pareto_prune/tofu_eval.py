@@ -538,5 +538,5 @@ def evaluate_tofu(
         },
     }
     result = TofuEvalResult(logs=logs, config=config)
-    logger.info("TOFU summary: %s", result.summary)
+    logger.debug("TOFU summary: %s", result.summary)
     return result

@@ -330,3 +330,61 @@ def test_interrupted_overwrite_keeps_old(tiny_checkpoint, qa_files, tmp_path, mo
     assert [path.name for path in output.iterdir()] == ["notes.txt"]
     assert (output / "notes.txt").read_text() == "earlier run\n"
     assert [path.name for path in tmp_path.iterdir()] == ["pruned"]
+
+
+def test_output_inside_model_cache_rejected(tiny_checkpoint, qa_files, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    (cache / "SmolLM2-135M-Instruct").mkdir(parents=True)
+    (cache / "SmolLM2-135M-Instruct" / "config.json").write_text("{}")
+    monkeypatch.setenv("PARETO_PRUNE_CACHE", str(cache))
+
+    status = cli.main(prune_argv(tiny_checkpoint, qa_files, cache / "SmolLM2-135M-Instruct", "--overwrite"))
+
+    assert status == 1
+    assert "overlaps" in capsys.readouterr().err
+    assert (cache / "SmolLM2-135M-Instruct" / "config.json").read_text() == "{}"
+
+
+def test_pruning_pruned_model_records_old_zeros(pruned_dir, qa_files, written_masks, tmp_path):
+    output = tmp_path / "pruned-twice"
+
+    status = cli.main(prune_argv(pruned_dir, qa_files, output))
+
+    assert status == 0
+    masks = load_masks(output / "neuron_masks.safetensors")
+    for key in LAYER_KEYS:
+        assert not (masks[key] & ~written_masks[key]).any(), f"{key}: an earlier zero neuron is marked kept"
+    report = json.loads((output / "pruning_report.json").read_text())
+    assert report["previously_pruned"] == EXPECTED_PRUNED
+    assert report["total_pruned"] == sum(int((~mask).sum()) for mask in masks.values())
+
+
+def test_select_custom_keys_other_directory(tiny_checkpoint, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("forget", "retain"):
+        rows = [{"q": f"{name} question {i}?", "a": f"{name} answer number {i}."} for i in range(6)]
+        (data / f"{name}.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    monkeypatch.chdir(data)
+    scan_status = cli.main([
+        "scan", "--model", str(tiny_checkpoint), "--forget", "forget.jsonl", "--retain", "retain.jsonl",
+        "--question-key", "q", "--answer-key", "a", "--output", str(tmp_path / "stats"), "--max-samples", "6",
+    ])
+    monkeypatch.chdir(tmp_path)
+
+    select_status = cli.main([
+        "select", "--statistics", str(tmp_path / "stats"), "--output", str(tmp_path / "pruned"),
+        "--check-samples", "2", "--check-max-new-tokens", "2",
+    ])
+
+    assert scan_status == 0
+    assert select_status == 0
+    assert (tmp_path / "pruned" / "neuron_masks.safetensors").is_file()
+
+
+def test_unavailable_device_rejected(tiny_checkpoint, qa_files, tmp_path, capsys):
+    status = cli.main(prune_argv(tiny_checkpoint, qa_files, tmp_path / "out", "--device", "gpu"))
+
+    assert status == 1
+    assert "Invalid device 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
