@@ -134,8 +134,8 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s).",
     )
     group.add_argument("--budget", type=float, default=DEFAULTS.budget, metavar="FRACTION",
-                       help="Fraction of all MLP neurons to prune, in (0, 1); an upper bound for front_past_knee, "
-                       "which prunes as many as the knee rule selects (default: %(default)s).")
+                       help="Fraction of all MLP neurons to prune, in (0, 1); front_past_knee ignores it and prunes "
+                       "as many as the knee rule selects (default: %(default)s).")
     group.add_argument("--max-layer-fraction", type=float, default=DEFAULTS.max_layer_fraction, metavar="FRACTION",
                        help="Maximum fraction of one layer's neurons to prune, in (0, 1] (default: %(default)s).")
     group.add_argument("--max-fronts", type=int, default=DEFAULTS.max_fronts, metavar="N",

@@ -56,8 +56,9 @@ class PruningConfig:
             ``"activation_ratio"`` and ``"random"`` are baselines: the top ``budget`` of
             neurons by F_raw / R_raw across all layers (selective pruning, Pochinkov and
             Schoots 2024), and uniformly random neurons.
-        budget: Fraction of all MLP neurons to prune, in (0, 1). Used by every strategy but
-            ``front_past_knee``, for which it is an upper bound. Default 0.02.
+        budget: Fraction of all MLP neurons to prune, in (0, 1). Default 0.02.
+            ``front_past_knee`` ignores it: that rule prunes as many neurons as it selects,
+            within ``max_layer_fraction`` per layer.
         max_layer_fraction: Upper bound on the fraction of one layer's neurons that may be
             pruned, in (0, 1]. Default 0.1.
         max_fronts: Number of fronts to rank per layer; neurons past it share the last rank.
