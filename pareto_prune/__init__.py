@@ -4,7 +4,7 @@ The method works on any ``torch.nn.Module`` with gated (SwiGLU-style) MLPs:
 
 >>> from pareto_prune import PruningConfig, load_qa_pairs, prune_model
 >>> result = prune_model(model, tokenizer, load_qa_pairs("tofu:forget10"),
-...                      load_qa_pairs("tofu:retain90")[:400], PruningConfig(budget=0.02))
+...                      load_qa_pairs("tofu:retain90")[:400], PruningConfig(budget=0.01))
 >>> result.masks["model.layers.0.mlp"]  # bool vector, True = kept
 
 Saving checkpoints, model cards and the Hub live in the ``hf_integration`` package.
