@@ -242,7 +242,7 @@ def _print_summary(result) -> None:
     print(f"\nPruned {report['total_pruned']} of {report['total_neurons']} MLP neurons "
           f"({100 * report['pruned_fraction']:.2f}%) with strategy {report['strategy']}.")
     if result.check is not None:
-        print("\nBefore/after check (mean over the check samples):")
+        print(f"\nBefore/after check (mean over {report['check']['samples_per_set']} pairs per set):")
         print(result.check.table())
     print(f"\nPruned checkpoint written to {result.output}")
 
