@@ -7,10 +7,9 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 
 from hf_integration.configuration import ParetoPruningConfig
-from hf_integration.evaluate_cli import add_eval_parser
+from hf_integration.evaluate_cli import add_eval_parser, json_object_argument
 from hf_integration.job import DEFAULT_FORGET, DEFAULT_RETAIN, JobOptions, run_prune, run_scan, run_select
 from hf_integration.loading import DTYPES
 from pareto_prune.config import DEFAULT_PLAIN_TEMPLATE, DEFAULT_SYSTEM_PROMPT, STRATEGIES
@@ -22,16 +21,6 @@ from pareto_prune.statistics import STATISTIC_NAMES
 
 logger = logging.getLogger("pareto_prune")
 DEFAULTS = ParetoPruningConfig()
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {error.msg}") from error
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"date_string\": \"10 Apr 2025\"}}', got {text!r}")
-    return value
 
 
 def _positive(text: str) -> int:
@@ -106,7 +95,7 @@ def _add_format_arguments(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--no-chat-template", dest="use_chat_template", action="store_const", const=False,
                         help="Use --plain-template even if the tokenizer has a chat template.")
     group.add_argument(
-        "--chat-template-kwargs", type=_json_object, default={}, metavar="JSON",
+        "--chat-template-kwargs", type=json_object_argument, default={}, metavar="JSON",
         help='Extra chat-template variables as a JSON object, for example \'{"date_string": "10 Apr 2025"}\' for Llama-3.',
     )
     group.add_argument(

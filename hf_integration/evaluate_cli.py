@@ -85,7 +85,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     parser.add_argument(
         "--chat-template-kwargs",
-        type=_json_object,
+        type=json_object_argument,
         default=None,
         metavar="JSON",
         help='Extra chat template variables as a JSON object, for example \'{"date_string": "10 Apr 2025"}\'.',
@@ -107,7 +107,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     return parser
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object_argument(text: str) -> dict[str, Any]:
+    """Parse an argparse value that must be a JSON object, such as ``--chat-template-kwargs``."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
