@@ -102,7 +102,7 @@ class CheckResult:
 
 @dataclass
 class JobResult:
-    """What a run produced: the output directory, the report and the before/after check."""
+    """Outcome of a run: the output directory, the report and the before/after check."""
 
     output: Path
     report: dict

@@ -85,7 +85,7 @@ def select_from_statistics(
 ) -> Selection:
     """Score neurons from saved statistics and select those to prune (no model needed).
 
-    ``pruned_before`` holds the masks of earlier rounds in an iterative run; see
+    ``pruned_before`` contains the masks of earlier rounds in an iterative run; see
     :func:`pareto_prune.selection.select_neurons`.
     """
     scores = layer_scores(retain, forget, statistic=config.statistic, normalization=config.normalization)

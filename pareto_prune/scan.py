@@ -103,7 +103,7 @@ def _forward_kwargs(model: nn.Module) -> dict:
 
 
 def batches_fingerprint(batches: Sequence[Batch], token_scope: str) -> str:
-    """Return a SHA-256 of the token ids and counted positions, to check that a resume sees the same data."""
+    """Return a SHA-256 of the token ids and counted positions, to check that a resume reads the same data."""
     digest = hashlib.sha256(token_scope.encode())
     for batch in batches:
         digest.update(batch.input_ids.numpy().tobytes())

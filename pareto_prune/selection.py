@@ -144,7 +144,7 @@ def _order_by_front_and_knee(layer: LayerAnalysis, limit: int) -> np.ndarray:
     """Return up to ``limit`` neurons: front 1 first, and within a front nearest its knee first."""
     chosen: list[np.ndarray] = []
     taken = 0
-    # The extra rank past the last front holds unranked neurons (when max_fronts is set);
+    # The extra rank past the last front contains unranked neurons (when max_fronts is set);
     # they come last, ordered by distance to the knee of that group.
     for rank in range(1, len(layer.front_sizes) + 2):
         if taken >= limit:

@@ -45,7 +45,7 @@ class NeuronStatistics:
 
     @property
     def total_tokens(self) -> int:
-        """Tokens counted in the first MLP (every MLP sees the same tokens in a full scan)."""
+        """Tokens counted in the first MLP (a full scan counts the same tokens in every MLP)."""
         return int(next(iter(self.count.values()))) if self.count else 0
 
     def add_batch(self, key: str, activations: torch.Tensor) -> None:

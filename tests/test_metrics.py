@@ -44,13 +44,9 @@ def tokenizer(smollm2_tokenizer):
     return smollm2_tokenizer
 
 
-def make_tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    return build_tiny_llama(tokenizer, seed)
-
-
 @pytest.fixture(scope="session")
 def model(tokenizer):
-    return make_tiny_llama(tokenizer)
+    return build_tiny_llama(tokenizer)
 
 
 @pytest.fixture
@@ -142,7 +138,7 @@ def test_replacement_answers_count_checked(model, tokenizer, text_format):
 
 
 def test_training_mode_restored(tokenizer, text_format):
-    training_model = make_tiny_llama(tokenizer).train()
+    training_model = build_tiny_llama(tokenizer).train()
 
     answer_losses(training_model, tokenizer, PAIRS[:1], text_format)
 
@@ -230,7 +226,7 @@ def test_stop_tokens_include_end_of_turn(model, tokenizer, text_format):
 
 def constant_output_llama(tokenizer, token_id: int) -> LlamaForCausalLM:
     """A tiny Llama whose head always ranks ``token_id`` first."""
-    model = make_tiny_llama(tokenizer)
+    model = build_tiny_llama(tokenizer)
     head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
     with torch.no_grad():
         head.weight.zero_()

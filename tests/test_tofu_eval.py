@@ -11,7 +11,6 @@ import pytest
 import scipy.stats
 import torch
 from conftest import build_tiny_llama
-from transformers import LlamaForCausalLM
 
 from hf_integration.evaluate_cli import add_eval_parser, run_eval
 from pareto_prune.data import QAPair, TextFormat, load_qa_pairs, tokenize_pairs
@@ -41,13 +40,9 @@ def tokenizer(smollm2_tokenizer):
     return smollm2_tokenizer
 
 
-def make_tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    return build_tiny_llama(tokenizer, seed)
-
-
 @pytest.fixture(scope="session")
 def model(tokenizer):
-    return make_tiny_llama(tokenizer)
+    return build_tiny_llama(tokenizer)
 
 
 @pytest.fixture(scope="session")
