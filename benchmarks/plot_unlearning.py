@@ -27,7 +27,11 @@ def run_directory(row: dict) -> str:
     if method in ("retain model", "full model"):
         return method.split()[0]
     if method.startswith("GradDiff"):
-        return f"graddiff-{method.split()[1]}"
+        # "GradDiff, lr 5e-05, 20 steps" -> "graddiff-5e-05-20"
+        learning_rate, steps = method.split(", ")[1].split()[1], method.split(", ")[2].split()[0]
+        return f"graddiff-{learning_rate}-{steps}"
+    if budget is None:
+        return method
     if "rounds" in method:
         return f"hypervolume_budget-iterative{method.split(', ')[1].split()[0]}-{budget}"
     return f"{method}-{budget}"
@@ -87,7 +91,7 @@ def plot_tradeoff(rows: list[dict], path: Path, utility: str = "model_utility") 
     axes.set_xlabel(f"{utility} (higher is better)")
     axes.set_ylabel("forget_quality, KS p-value (higher is better)")
     axes.axhline(0.05, color="grey", lw=0.8, ls="--")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper right")
     axes.set_title("TOFU testbed (SmolLM2-135M): unlearning trade-off")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

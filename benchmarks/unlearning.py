@@ -125,20 +125,30 @@ def run_pruning(bench: Benchmark, rows: list) -> None:
     retain_stats = scan_pairs(bench.model, bench.tokenizer, bench.retain, bench.config, bench.args.batch_size, "retain scan")
     scan_seconds = time.time() - started
 
+    # front_past_knee prunes what its rule selects whatever the budget, so it runs once.
+    if "front_past_knee" in bench.args.strategies:
+        run_strategy(bench, rows, forget_stats, retain_stats, "front_past_knee", None, scan_seconds)
     for budget in bench.args.budgets:
         for strategy in bench.args.strategies:
-            config = PruningConfig(strategy=strategy, budget=budget)
-            started = time.time()
-            selection = select_from_statistics(forget_stats, retain_stats, config)
-            select_seconds = time.time() - started
-            bench.restore()
-            prune_neurons(bench.model, selection.masks)
-            summary = bench.evaluate(f"{strategy}-{budget}", retain_log=bench.retain_log)
-            _record(bench, rows, strategy, budget, selection.total_pruned, scan_seconds + select_seconds, summary)
+            if strategy != "front_past_knee":
+                run_strategy(bench, rows, forget_stats, retain_stats, strategy, budget, scan_seconds)
 
         if bench.args.iterative_rounds > 1:
             run_iterative(bench, rows, budget)
     bench.restore()
+
+
+def run_strategy(bench: Benchmark, rows: list, forget_stats, retain_stats, strategy: str, budget, scan_seconds: float) -> None:
+    """Prune the full model with one strategy from the shared scans, evaluate it and record the row."""
+    config = PruningConfig(strategy=strategy) if budget is None else PruningConfig(strategy=strategy, budget=budget)
+    started = time.time()
+    selection = select_from_statistics(forget_stats, retain_stats, config)
+    select_seconds = time.time() - started
+    bench.restore()
+    prune_neurons(bench.model, selection.masks)
+    name = strategy if budget is None else f"{strategy}-{budget}"
+    summary = bench.evaluate(name, retain_log=bench.retain_log)
+    _record(bench, rows, strategy, budget, selection.total_pruned, scan_seconds + select_seconds, summary)
 
 
 def run_iterative(bench: Benchmark, rows: list, budget: float) -> None:
@@ -182,8 +192,8 @@ def run_graddiff(bench: Benchmark, rows: list) -> None:
         if step in bench.args.graddiff_steps:
             bench.model.eval()
             seconds = time.time() - started
-            summary = bench.evaluate(f"graddiff-{step}", retain_log=bench.retain_log)
-            _record(bench, rows, f"GradDiff, {step} steps", None, 0, seconds, summary)
+            summary = bench.evaluate(f"graddiff-{bench.args.graddiff_lr:g}-{step}", retain_log=bench.retain_log)
+            _record(bench, rows, f"GradDiff, lr {bench.args.graddiff_lr:g}, {step} steps", None, 0, seconds, summary)
             bench.model.train()
     bench.model.eval()
     bench.restore()
