@@ -43,14 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--testbed", required=True, help="Directory with the full/ and retain/ checkpoints.")
     parser.add_argument("--results", default="benchmarks/results", help="Directory for cached evaluations and the summary.")
     parser.add_argument("--forget-split", default="forget05", help="Forget split the testbed learnt (default: %(default)s).")
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.02, 0.04],
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.015, 0.02, 0.03],
                         help="Fractions of all MLP neurons to prune (default: %(default)s).")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="Pruning strategies to run.")
     parser.add_argument("--iterative-rounds", type=int, default=2,
                         help="Rounds for the iterative variant of hypervolume_budget; 0 skips it (default: %(default)s).")
-    parser.add_argument("--graddiff-steps", type=int, nargs="*", default=[10, 20],
+    parser.add_argument("--graddiff-steps", type=int, nargs="*", default=[20, 40],
                         help="GradDiff step counts to evaluate; none skips it (default: %(default)s).")
-    parser.add_argument("--graddiff-lr", type=float, default=1e-5, help="GradDiff learning rate (default: %(default)s).")
+    parser.add_argument("--graddiff-lr", type=float, default=5e-5, help="GradDiff learning rate (default: %(default)s).")
     parser.add_argument("--scan-samples", type=int, default=400, help="Retain pairs scanned (default: %(default)s).")
     parser.add_argument("--eval-samples", type=int, default=100, help="Forget items evaluated (default: %(default)s).")
     parser.add_argument("--utility-samples", type=int, default=40,

@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--retain", nargs="+", default=["tofu:retain99"], help="Retain-set sources, also the training data (default: %(default)s).")
     parser.add_argument("--max-samples", type=int, default=256, help="Maximum question-answer pairs per set; 0 for all (default: %(default)s).")
     parser.add_argument("--strategy", choices=STRATEGIES, default="hypervolume_budget", help="Neuron selection strategy (default: %(default)s).")
-    parser.add_argument("--budget", type=float, default=0.01, help="Fraction of all MLP neurons to prune (default: %(default)s).")
+    parser.add_argument("--budget", type=float, default=0.02, help="Fraction of all MLP neurons to prune (default: %(default)s).")
     parser.add_argument("--when", choices=("train_begin", "train_end"), default="train_begin", help="Prune before or after fine-tuning (default: %(default)s).")
     parser.add_argument("--max-length", type=int, default=512, help="Maximum tokens per sample (default: %(default)s).")
     parser.add_argument("--epochs", type=float, default=1.0, help="Passes over the retain set (default: %(default)s).")

@@ -28,7 +28,11 @@ The metrics and their names follow Open-Unlearning's TOFU benchmark
 NOTE: Open-Unlearning appends the EOS token to the answer tokens when the chat template's
 last token is not EOS (ChatML templates such as SmolLM2's end with a newline after
 ``<|im_end|>``). The answer tokens here stop at that newline, so for such templates the
-probabilities average over one token fewer than Open-Unlearning's.
+probabilities average over one token fewer than Open-Unlearning's. Its collator also sets
+``attention_mask = input_ids != pad_token_id``, so when the pad token is the end-of-turn
+token (SmolLM2-135M-Instruct: both are ``<|im_end|>``), every end-of-turn token is hidden
+from attention in its scoring and generation; here only padding is masked.
+``docs/benchmarks.md`` measures both effects against Open-Unlearning's own evaluator.
 """
 
 from __future__ import annotations

@@ -76,8 +76,8 @@ def test_pruned_count_recorded(pruned_dir):
     record = json.loads((pruned_dir / "config.json").read_text())["pareto_pruning"]
 
     assert record["pruned_per_layer"] == {key: int((~mask).sum()) for key, mask in masks.items()}
-    # Default budget: round(0.01 * 30 layers * 1536 neurons) = 461.
-    assert sum(record["pruned_per_layer"].values()) == 461
+    # Default budget: round(0.02 * 30 layers * 1536 neurons) = 922.
+    assert sum(record["pruned_per_layer"].values()) == 922
 
 
 def test_kept_weights_unchanged(pruned_dir):
