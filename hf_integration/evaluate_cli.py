@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from hf_integration.loading import DTYPES, cache_dir, load_model_and_tokenizer
+from hf_integration.output_dir import check_outside_protected
 from pareto_prune.data import TextFormat
 from pareto_prune.tofu_eval import (
     EVAL_FILENAME,
@@ -124,11 +125,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
     output = Path(args.output)
-    for protected in (args.model, cache_dir()):
-        if protected is not None and Path(protected).exists():
-            source, target = Path(protected).resolve(), output.resolve()
-            if target == source or source in target.parents or target in source.parents:
-                raise ValueError(f"--output {output} overlaps the model directory {source}; choose another --output.")
+    check_outside_protected(output, [args.model, cache_dir()])
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"--output {output} is a file. Pass a directory.")
     if output.is_dir() and any(output.iterdir()) and not args.overwrite:

@@ -12,15 +12,16 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
-def check_output_dir(output: str | Path, overwrite: bool = False, protected: list[str | Path] | None = None) -> Path:
-    """Validate an output directory before any work starts, and return its absolute path.
+def check_outside_protected(output: str | Path, protected: list[str | Path | None]) -> None:
+    """Check that ``output`` neither is, contains nor lies inside an existing protected path.
+
+    ``None`` entries and paths that do not exist are skipped.
 
     Raises:
-        ValueError: if ``output`` is, contains or lies inside a protected path (such as the
-            input model), or is a non-empty directory and ``overwrite`` is false, or is a file.
+        ValueError: naming the output and the protected path it overlaps.
     """
     target = Path(output).expanduser().resolve()
-    for path in protected or []:
+    for path in protected:
         if path is None or not Path(path).exists():
             continue
         source = Path(path).expanduser().resolve()
@@ -29,6 +30,17 @@ def check_output_dir(output: str | Path, overwrite: bool = False, protected: lis
                 f"Output directory {target} overlaps the input {source}; writing there could destroy the "
                 "input model. Choose another --output directory."
             )
+
+
+def check_output_dir(output: str | Path, overwrite: bool = False, protected: list[str | Path] | None = None) -> Path:
+    """Validate an output directory before any work starts, and return its absolute path.
+
+    Raises:
+        ValueError: if ``output`` is, contains or lies inside a protected path (such as the
+            input model), or is a non-empty directory and ``overwrite`` is false, or is a file.
+    """
+    target = Path(output).expanduser().resolve()
+    check_outside_protected(target, protected or [])
     if target.exists() and not target.is_dir():
         raise ValueError(f"Output path {target} is a file, not a directory; choose another --output.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:

@@ -347,6 +347,16 @@ def test_cli_rejects_non_empty_output(model_dir, tmp_path):
         run_eval(args)
 
 
+def test_cli_rejects_output_inside_model(model_dir):
+    before = sorted(path.name for path in model_dir.iterdir())
+    args = parse_eval_args(cli_argv(model_dir, model_dir / "eval", "--overwrite"))
+
+    with pytest.raises(ValueError, match="overlaps"):
+        run_eval(args)
+
+    assert sorted(path.name for path in model_dir.iterdir()) == before
+
+
 def test_cli_overwrite_allows_non_empty_output(model_dir, tmp_path):
     (tmp_path / "existing.txt").write_text("keep me")
     args = parse_eval_args(cli_argv(model_dir, tmp_path, "--overwrite"))
