@@ -21,22 +21,6 @@ COLUMNS = ("forget_quality", "model_utility", "retain_utility", "forget_Q_A_ROUG
 RETAIN_COMPONENTS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio")
 
 
-def run_directory(row: dict) -> str:
-    """Return the name of the directory that ``benchmarks/unlearning.py`` wrote for a row."""
-    method, budget = row["method"], row.get("budget")
-    if method in ("retain model", "full model"):
-        return method.split()[0]
-    if method.startswith("GradDiff"):
-        # "GradDiff, lr 5e-05, 20 steps" -> "graddiff-5e-05-20"
-        learning_rate, steps = method.split(", ")[1].split()[1], method.split(", ")[2].split()[0]
-        return f"graddiff-{learning_rate}-{steps}"
-    if budget is None:
-        return method
-    if "rounds" in method:
-        return f"hypervolume_budget-iterative{method.split(', ')[1].split()[0]}-{budget}"
-    return f"{method}-{budget}"
-
-
 def add_retain_utility(rows: list[dict], results: Path) -> None:
     """Add ``retain_utility``: the harmonic mean of the three retain-split components of model_utility.
 
@@ -44,7 +28,10 @@ def add_retain_utility(rows: list[dict], results: Path) -> None:
     the nine-way harmonic mean swings with one answer; the retain split alone is steadier.
     """
     for row in rows:
-        path = results / run_directory(row) / "TOFU_EVAL.json"
+        # Rows written before the benchmark recorded run names have no "run" and get no retain utility.
+        if "run" not in row:
+            continue
+        path = results / row["run"] / "TOFU_EVAL.json"
         if not path.is_file():
             continue
         logs = json.loads(path.read_text())

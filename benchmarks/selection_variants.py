@@ -2,10 +2,10 @@
 
 ``benchmarks/unlearning.py`` measures the shipped strategies with the full TOFU evaluation.
 This script tries changes to the inputs of the selection, and measures each with the parts of
-the evaluation that need no generation: forget_quality, the forget answer probability and
-truth ratio are exactly those of ``pareto-prune eval`` on the same items, and the utility
-is the harmonic mean of the six probability and truth-ratio components of model_utility
-(the three ROUGE components are left out). Skipping generation makes one evaluation about
+the evaluation that need no generation. Its forget_quality, forget answer probability and
+forget truth ratio equal those of ``pareto-prune eval`` on the same items. Its utility is the
+harmonic mean of the six probability and truth-ratio components of model_utility, so the
+three ROUGE components are left out. Skipping generation makes one evaluation about
 as fast as a pruning run, so more variants fit in a session.
 
 Variants (``--variants``), each at every ``--budgets`` fraction:
@@ -46,9 +46,10 @@ import torch
 from tqdm import tqdm
 
 import pareto_prune.tofu_eval as tofu_eval
+from hf_integration.job import DEFAULT_RETAIN
 from hf_integration.loading import load_model_and_tokenizer
 from pareto_prune.config import PruningConfig
-from pareto_prune.data import length_grouped_batches, load_qa_pairs, load_qa_sources, tokenize_pairs
+from pareto_prune.data import IGNORE_INDEX, length_grouped_batches, load_qa_pairs, load_qa_sources, tokenize_pairs
 from pareto_prune.masking import prune_neurons
 from pareto_prune.mlp import find_swiglu_mlps
 from pareto_prune.pipeline import scan_pairs
@@ -88,7 +89,7 @@ def _no_generations(model, tokenizer, pairs, *args, **kwargs) -> list[str]:
 def retain_pairs(retain_scan: str) -> list:
     """Return the retain pairs scanned for ``retain_scan``."""
     if retain_scan == "sampled":
-        return load_qa_sources(["tofu:retain90", "tofu:real_authors", "tofu:world_facts"], max_samples=400, seed=0)
+        return load_qa_sources(DEFAULT_RETAIN, max_samples=400, seed=0)
     learnt = load_qa_pairs("tofu:retain90")[:TESTBED_RETAIN_ROWS]
     if retain_scan == "trained_only":
         return learnt
@@ -123,14 +124,14 @@ def taylor_statistics(model, tokenizer, pairs, config: PruningConfig, batch_size
             labels = batch.labels()
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
+                logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
             loss.backward()
 
             real = batch.attention_mask.bool()
             for key, activation in activations.items():
                 statistics.sums["sum_abs"][key] += (activation.detach() * activation.grad)[real].abs().sum(0).double()
-            answer_tokens += int((labels != -100).sum())
+            answer_tokens += int((labels != IGNORE_INDEX).sum())
             activations.clear()
     finally:
         for handle in handles:
@@ -213,22 +214,22 @@ def main(argv=None) -> None:
         model.load_state_dict(original)
         pruned = 0
         if variant is not None:
+            # Both scans take (model, tokenizer, pairs, config, batch_size, description).
+            # The Taylor scan back-propagates, so it uses smaller batches.
             if variant == "taylor":
-                forget_stats = cached_statistics(results / "taylor_forget.safetensors", lambda: taylor_statistics(
-                    model, tokenizer, forget, config, 8, "taylor forget"))
-                retain_stats = cached_statistics(results / f"taylor_retain_{args.retain_scan}.safetensors", lambda: taylor_statistics(
-                    model, tokenizer, retain, config, 8, "taylor retain"))
+                scan, prefix, batch_size = taylor_statistics, "taylor_", 8
             else:
-                forget_stats = cached_statistics(results / "forget.safetensors", lambda: scan_pairs(
-                    model, tokenizer, forget, config, args.batch_size, "forget scan"))
-                retain_stats = cached_statistics(results / f"retain_{args.retain_scan}.safetensors", lambda: scan_pairs(
-                    model, tokenizer, retain, config, args.batch_size, "retain scan"))
+                scan, prefix, batch_size = scan_pairs, "", args.batch_size
+            forget_stats = cached_statistics(results / f"{prefix}forget.safetensors", lambda: scan(
+                model, tokenizer, forget, config, batch_size, f"{prefix}forget scan"))
+            retain_stats = cached_statistics(results / f"{prefix}retain_{args.retain_scan}.safetensors", lambda: scan(
+                model, tokenizer, retain, config, batch_size, f"{prefix}retain scan"))
             scores = layer_scores(retain_stats, forget_stats)
             if variant == "forget_leaning":
                 scores = forget_leaning(scores)
-            masks = select_neurons(scores, dataclasses.replace(config, budget=budget)).masks
-            prune_neurons(model, masks)
-            pruned = int(sum(int((~mask).sum()) for mask in masks.values()))
+            selection = select_neurons(scores, dataclasses.replace(config, budget=budget))
+            prune_neurons(model, selection.masks)
+            pruned = selection.total_pruned
 
         _, row = screen(model, tokenizer, args, retain_log)
         row.update(name=name, variant=variant, retain_scan=args.retain_scan, budget=budget, pruned=pruned,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_integration.job import DEFAULT_RETAIN
 from hf_integration.loading import load_model_and_tokenizer
 from pareto_prune.config import PruningConfig
 from pareto_prune.data import length_grouped_batches, load_qa_pairs, load_qa_sources, tokenize_pairs
@@ -35,7 +36,6 @@ from pareto_prune.tofu_eval import EVAL_FILENAME, evaluate_tofu
 logger = logging.getLogger("benchmark")
 
 STRATEGIES = ("random", "activation_ratio", "front_past_knee", "hypervolume_budget")
-RETAIN_SOURCES = ["tofu:retain90", "tofu:real_authors", "tofu:world_facts"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,7 +72,7 @@ class Benchmark:
         self.model, self.tokenizer = load_model_and_tokenizer(str(Path(args.testbed) / "full"), dtype="float32")
         self.original = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
         self.forget = load_qa_pairs(f"tofu:{args.forget_split}")
-        self.retain = load_qa_sources(RETAIN_SOURCES, max_samples=args.scan_samples, seed=0)
+        self.retain = load_qa_sources(DEFAULT_RETAIN, max_samples=args.scan_samples, seed=0)
         self.retain_log = self.results / "retain" / EVAL_FILENAME
 
     def restore(self) -> None:
@@ -105,8 +105,9 @@ class Benchmark:
         return summary
 
 
-def _record(bench: Benchmark, rows: list, method: str, budget, pruned, seconds, summary: dict) -> None:
-    row = {"method": method, "budget": budget, "pruned": pruned, "seconds": round(seconds, 1), **summary}
+def _record(bench: Benchmark, rows: list, run: str, method: str, budget, pruned, seconds, summary: dict) -> None:
+    """Append a table row; ``run`` names the directory with the run's evaluation logs."""
+    row = {"method": method, "run": run, "budget": budget, "pruned": pruned, "seconds": round(seconds, 1), **summary}
     rows.append(row)
     logger.info("%s", json.dumps(row))
     (bench.results / "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -114,9 +115,9 @@ def _record(bench: Benchmark, rows: list, method: str, budget, pruned, seconds, 
 
 def run_references(bench: Benchmark, rows: list) -> None:
     retain_model, retain_tokenizer = load_model_and_tokenizer(str(Path(bench.args.testbed) / "retain"), dtype="float32")
-    _record(bench, rows, "retain model", None, 0, 0.0, bench.evaluate("retain", retain_model, retain_tokenizer))
+    _record(bench, rows, "retain", "retain model", None, 0, 0.0, bench.evaluate("retain", retain_model, retain_tokenizer))
     del retain_model
-    _record(bench, rows, "full model", None, 0, 0.0, bench.evaluate("full", retain_log=bench.retain_log))
+    _record(bench, rows, "full", "full model", None, 0, 0.0, bench.evaluate("full", retain_log=bench.retain_log))
 
 
 def run_pruning(bench: Benchmark, rows: list) -> None:
@@ -148,7 +149,7 @@ def run_strategy(bench: Benchmark, rows: list, forget_stats, retain_stats, strat
     prune_neurons(bench.model, selection.masks)
     name = strategy if budget is None else f"{strategy}-{budget}"
     summary = bench.evaluate(name, retain_log=bench.retain_log)
-    _record(bench, rows, strategy, budget, selection.total_pruned, scan_seconds + select_seconds, summary)
+    _record(bench, rows, name, strategy, budget, selection.total_pruned, scan_seconds + select_seconds, summary)
 
 
 def run_iterative(bench: Benchmark, rows: list, budget: float) -> None:
@@ -163,7 +164,7 @@ def run_iterative(bench: Benchmark, rows: list, budget: float) -> None:
         selection = prune_model(bench.model, bench.tokenizer, bench.forget, bench.retain, config, bench.args.batch_size).selection
         extra = {"pruned": selection.total_pruned, "method_seconds": round(time.time() - started, 1)}
         cached = bench.evaluate(name, retain_log=bench.retain_log, extra=extra)
-    _record(bench, rows, f"hypervolume_budget, {rounds} rounds", budget, cached["pruned"], cached["method_seconds"], cached)
+    _record(bench, rows, name, f"hypervolume_budget, {rounds} rounds", budget, cached["pruned"], cached["method_seconds"], cached)
 
 
 def _nll(model, batch) -> torch.Tensor:
@@ -192,8 +193,9 @@ def run_graddiff(bench: Benchmark, rows: list) -> None:
         if step in bench.args.graddiff_steps:
             bench.model.eval()
             seconds = time.time() - started
-            summary = bench.evaluate(f"graddiff-{bench.args.graddiff_lr:g}-{step}", retain_log=bench.retain_log)
-            _record(bench, rows, f"GradDiff, lr {bench.args.graddiff_lr:g}, {step} steps", None, 0, seconds, summary)
+            name = f"graddiff-{bench.args.graddiff_lr:g}-{step}"
+            summary = bench.evaluate(name, retain_log=bench.retain_log)
+            _record(bench, rows, name, f"GradDiff, lr {bench.args.graddiff_lr:g}, {step} steps", None, 0, seconds, summary)
             bench.model.train()
     bench.model.eval()
     bench.restore()
